@@ -1,0 +1,167 @@
+"""`dni-pipeline`: train one pipeline run, or the local demo that sets unlocked and locked side by side."""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
+from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
+from .errors import UserError
+from .network import PRESETS
+from .pipeline import PipelineError, check_capacity, run_training
+from .report import format_table, plot_curves
+from .runtime import RunFolder, connect_ray
+
+__all__ = ["main"]
+
+log = logging.getLogger("dni_pipeline")
+
+SUMMARY_COLUMNS = [
+    ("mode", "mode"), ("stages", "K"), ("epochs", "epochs"), ("test_accuracy", "test acc"),
+    ("samples_per_sec", "samples/s"), ("stage_utilization", "utilization per stage"),
+    ("train_seconds", "train s"), ("wall_seconds", "wall s"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and exit code 2, like every other bad input."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `demo`; every default lives in TrainConfig (flags left unset say None)."""
+    d = TrainConfig()
+    p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default {d.stages})")
+    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
+    p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder); default ${DATA_DIR_ENV}")
+    p.add_argument("--address", help="join the Ray cluster at host:port (or 'auto') instead of starting a local Ray")
+    p.add_argument("--device", help="cpu (each stage reserves --cpus-per-stage CPUs) or cuda (each stage reserves one GPU)")
+    p.add_argument("--cpus-per-stage", type=float, help=f"CPUs each stage actor reserves; torch uses that many threads (default {d.cpus_per_stage:g})")
+    p.add_argument("--seed", type=int, help=f"seed of weights, data order and synthetic data (default {d.seed})")
+    p.add_argument("--out", help="run folder to create for summary.json, metrics.jsonl and plots (must be new or empty)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more of what the system does")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dni-pipeline", description="Unlocked (DNI) training of a network split over Ray actors, with locked baselines on the same actors.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = TrainConfig()
+    train = commands.add_parser("train", help="train one pipeline run", description=(
+        "Train a network split into K Ray stage actors. Flags override a --config file; "
+        "the run folder gets summary.json, metrics.jsonl and curves.png."))
+    train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
+    train.add_argument("--mode", help=f"backprop (locked, exact), dni (synthetic gradients) or cdni (label-conditioned SG); default {d.mode}")
+    train.add_argument("--dataset", help=f"mnist (needs --data-dir or --download), digits (bundled) or synthetic (default {d.dataset})")
+    train.add_argument("--download", action="store_true", default=None, help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
+    train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
+    train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate of the blocks (default {d.lr:g})")
+    train.add_argument("--lr-schedule", help=f"constant or cosine (decay to 0 over the run); default {d.lr_schedule}")
+    train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
+    train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
+    train.add_argument("--sg-off", action="store_true", default=None, help="ablation: SG models stay zero, so only the last stage learns")
+    train.add_argument("--max-in-flight", type=int, help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
+    train.add_argument("--stage-delay-ms", type=_float_list, help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    demo = commands.add_parser("demo", help="local multi-process demo: dni and backprop on the same stage actors", description=(
+        "Start a local Ray, train a K-stage pipeline in dni mode and then in backprop mode with the same "
+        "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits."))
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool) -> dict:
+    """One run into its folder: metrics while it trains, summary and plot when it ends."""
+    run.create()
+    with run.jsonl("metrics.jsonl") as append:
+
+        def on_epoch(record: dict, steps: list[dict]) -> None:
+            for step in steps:
+                append({"kind": "step", **step})
+            append({"kind": "epoch", **record})
+            log.info("%s epoch %d: test accuracy %.4f", cfg.mode, record["epoch"], record["test_accuracy"])
+
+        result = run_training(cfg, data, on_epoch=on_epoch, progress=progress)
+    run.write_json("summary.json", result.summary)
+    plot_curves(run.file("curves.png"), result.steps, result.epochs,
+                f"{cfg.mode}, {cfg.stages} stages, {data.name} ({cfg.arch})")
+    return result.summary
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    file_values = load_config_file(args.config) if args.config else {}
+    cfg = build_config(file_values, vars(args))
+    run = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.seed)
+    with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
+        check_capacity(cfg)
+        summary = _train_one(cfg, data, run, not args.no_progress)
+    print(format_table([summary], SUMMARY_COLUMNS))
+    print(f"results in {run.path}/")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    data_dir = resolve_data_dir(args.data_dir)
+    dataset = "mnist" if find_mnist(data_dir) else "digits"
+    if dataset == "digits":
+        log.info("MNIST not found (set --data-dir or $%s); the demo uses scikit-learn's bundled digits", DATA_DIR_ENV)
+    flags = {k: v for k, v in vars(args).items() if k not in ("out", "address")}
+    flags["epochs"] = args.epochs or (3 if dataset == "mnist" else 30)
+    configs = [build_config({}, {**flags, "dataset": dataset, "mode": mode}) for mode in ("dni", "backprop")]
+    root = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    runs = [RunFolder(root / cfg.mode) for cfg in configs]
+    data = load_dataset(dataset, args.data_dir, seed=configs[0].seed)
+    summaries = []
+    with connect_ray(args.address, configs[0].stages * configs[0].cpus_per_stage):
+        for cfg, run in zip(configs, runs):
+            check_capacity(cfg)
+            summaries.append(_train_one(cfg, data, run, not args.no_progress))
+    print(format_table(summaries, SUMMARY_COLUMNS))
+    dni, backprop = summaries
+    print(f"dni / backprop throughput: {dni['samples_per_sec'] / backprop['samples_per_sec']:.2f}x; "
+          f"test accuracy {100 * dni['test_accuracy']:.2f}% vs {100 * backprop['test_accuracy']:.2f}%")
+    print(f"results in {root}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[dni-pipeline] %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"dni-pipeline: error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"dni-pipeline: training failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dni-pipeline: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Training configuration: one dataclass, filled from a YAML/JSON file and then from flags, validated once."""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import DATASETS
+from .errors import UserError
+from .network import parse_arch
+from .stage import MODES
+
+__all__ = ["TrainConfig", "load_config_file", "build_config"]
+
+# The paper's choices: a 2x1024 MLP synthetic gradient for DNI, a linear one for cDNI.
+DEFAULT_SG_HIDDEN = {"backprop": [], "dni": [1024, 1024], "cdni": []}
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "dni"
+    stages: int = 3
+    epochs: int = 10
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = False
+    arch: str = "fcn3"
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    sg_hidden: list[int] | None = None  # None: the mode's default (DEFAULT_SG_HIDDEN)
+    sg_lr: float | None = None  # None: same as lr
+    sg_off: bool = False
+    seed: int = 0
+    max_in_flight: int = 0  # 0: 2 x stages for unlocked modes; locked backprop always runs 1
+    cpus_per_stage: float = 1.0
+    device: str = "cpu"
+    address: str | None = None
+    stage_delay_ms: list[float] = field(default_factory=list)
+    out: str | None = None
+
+    def resolved_sg_hidden(self) -> list[int]:
+        return DEFAULT_SG_HIDDEN[self.mode] if self.sg_hidden is None else self.sg_hidden
+
+    def window(self) -> int:
+        """Steps the driver lets into the pipeline before waiting for one to finish."""
+        if self.mode == "backprop":
+            return 1
+        return self.max_in_flight or 2 * self.stages
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        need(self.mode in MODES, f"invalid mode '{self.mode}': choose one of {', '.join(MODES)}")
+        need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
+        need(self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda")
+        need(self.lr_schedule in ("constant", "cosine"), f"invalid lr_schedule '{self.lr_schedule}': use constant or cosine")
+        need(self.stages >= 1, f"--stages must be at least 1 (got {self.stages})")
+        need(self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")
+        need(self.batch_size >= 2, f"--batch-size must be at least 2 for BatchNorm (got {self.batch_size})")
+        need(self.lr > 0 and (self.sg_lr is None or self.sg_lr > 0), "learning rates must be positive")
+        need(self.cpus_per_stage > 0, f"--cpus-per-stage must be positive (got {self.cpus_per_stage})")
+        need(self.max_in_flight >= 0, f"--max-in-flight must be 0 (auto) or more (got {self.max_in_flight})")
+        need(all(w > 0 for w in self.resolved_sg_hidden()), "--sg-hidden widths must be positive")
+        need(
+            not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,
+            f"--stage-delay-ms needs one value per stage ({self.stages}), got {len(self.stage_delay_ms)}",
+        )
+        layers = parse_arch(self.arch)
+        need(
+            self.stages <= len(layers),
+            f"--stages {self.stages} is more than the {len(layers)} hidden layers of --arch '{self.arch}': "
+            f"use at most {len(layers)} stages or a deeper --arch",
+        )
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config_file(path: str) -> dict:
+    """Keys of a YAML or JSON file (dashes or underscores), checked against TrainConfig's fields."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+        values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}: check the --config path") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML/JSON ({first_line}): fix its syntax") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of option names to values")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
+    """Defaults, overridden by the config file, overridden by the flags that were given."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(file_values) - set(known))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(known)}")
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and k in known}}
+    for key, value in merged.items():
+        _check_type(key, value, TrainConfig.__annotations__[key])
+    return TrainConfig(**merged).validate()
+
+
+def _check_type(key: str, value, annotation: str) -> None:
+    """Config files are untyped: reject a value whose type does not fit the field."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    ok = (
+        (value is None and "None" in text)
+        or (isinstance(value, bool) and text.startswith("bool"))
+        or (isinstance(value, int) and not isinstance(value, bool) and text.startswith(("int", "float")))
+        or (isinstance(value, float) and text.startswith("float"))
+        or (isinstance(value, str) and text.startswith("str"))
+        or (isinstance(value, list) and text.startswith("list") and all(isinstance(v, (int, float)) for v in value))
+    )
+    if not ok:
+        raise UserError(f"config key '{key}' has value {value!r}, which is not a {text}: fix it in the config file")

@@ -1,0 +1,118 @@
+"""Runtime concerns shared by every job (pipeline, diffusion, KG): Ray connection, run folders, results files."""
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["connect_ray", "RunFolder", "write_json_atomic"]
+
+log = logging.getLogger("dni_pipeline")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at host:port."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address '{address}' is not host:port: use the GCS address printed by `ray start --head`")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(
+            f"no Ray cluster reachable at {address} ({exc.strerror or exc}): start one with `ray start --head` "
+            "or fix --address"
+        ) from None
+
+
+@contextlib.contextmanager
+def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
+    """Join a cluster (`address`) or start a local Ray sized for the job; reuse one already connected.
+
+    A local Ray gets at least `cpus_needed` logical CPUs, so K one-CPU stages run on a smaller machine
+    (they then share its cores, which the log says).
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as exc:
+            raise UserError(f"could not join the Ray cluster at {address} ({exc}): check --address and auth") from None
+    else:
+        cores = os.cpu_count() or 1
+        if cpus_needed > cores:
+            log.info("%g CPUs requested on a %d-core machine: the stages will share cores", cpus_needed, cores)
+        ray.init(num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=False, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """A run's output folder: checked before any work, created when the work starts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._check()
+
+    def _check(self) -> None:
+        if self.path.exists():
+            if not self.path.is_dir():
+                raise UserError(f"--out {self.path} is a file: choose a folder path")
+            if any(self.path.iterdir()):
+                raise UserError(f"--out {self.path} already holds files: choose a new folder so no result is overwritten")
+        ancestor = self.path
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UserError(f"--out {self.path} cannot be created ({ancestor} is not a writable folder): choose another path")
+
+    def create(self) -> "RunFolder":
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {self.path} cannot be created ({exc.strerror}): choose another path") from None
+        return self
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, obj) -> None:
+        write_json_atomic(self.file(name), obj)
+
+    @contextlib.contextmanager
+    def jsonl(self, name: str):
+        """An append-only JSON-lines log; each record is flushed so a killed run keeps what it logged."""
+        with open(self.file(name), "a") as f:
+
+            def append(record: dict) -> None:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+            yield append

@@ -1,0 +1,25 @@
+"""Shared fixtures: one local Ray for the whole session, and the offline data mirror beside the repo."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (4 logical CPUs, so 3-4 one-CPU stages fit on a 2-core machine), shut down at the end."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = SHARED_DATA / "mnist"
+    if not (folder / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST mirror not found at {folder}")
+    return folder

@@ -1,0 +1,87 @@
+"""The pipeline on real Ray actors (one local Ray per session)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dni_pipeline.config import TrainConfig
+from dni_pipeline.data import batch_order, load_dataset
+from dni_pipeline.network import build_stages, parse_arch
+from dni_pipeline.pipeline import _Driver, run_training
+from dni_pipeline.stage import learning_rate
+
+
+def _reference_training(cfg: TrainConfig, data) -> list[dict]:
+    """Single-process PyTorch: the whole network, one Adam, the same seed, schedule and data order."""
+    torch.set_num_threads(1)
+    stages = build_stages(parse_arch(cfg.arch), data.input_shape, data.num_classes, cfg.stages, cfg.seed)
+    model = torch.nn.Sequential(*stages)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = len(data.x_train) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    for epoch in range(cfg.epochs):
+        for i, idx in enumerate(batch_order(len(data.x_train), cfg.batch_size, epoch, cfg.seed)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, epoch * steps_per_epoch + i, total)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(torch.from_numpy(data.x_train[idx])), torch.from_numpy(data.y_train[idx]))
+            loss.backward()
+            optimizer.step()
+    return [s.state_dict() for s in stages]
+
+
+def test_backprop_on_actors_equals_single_process_pytorch(ray_session):
+    cfg = TrainConfig(mode="backprop", dataset="synthetic", arch="fc32*3", stages=3, epochs=2, lr=3e-3).validate()
+    data = load_dataset("synthetic", None)
+    driver = _Driver(cfg, data)
+    try:
+        progress = type("Bar", (), {"n": 0, "update": lambda self, k: None})()
+        for epoch in range(cfg.epochs):
+            driver.train_epoch(epoch, progress)
+        states = ray_session.get([stage.state.remote() for stage in driver.stages])
+    finally:
+        driver.close()
+    expected = _reference_training(cfg, data)
+    assert len(states) == 3
+    for got, want in zip(states, expected):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name].numpy(), rtol=0, atol=1e-5, err_msg=name)
+    assert driver.total_steps == 32
+
+
+def _update_ends(result, stage: int) -> list[float]:
+    return sorted(e["end"] for e in result.events if e["stage"] == stage and e["updates"])
+
+
+@pytest.mark.parametrize("mode", ["dni", "backprop"])
+def test_slow_last_stage_does_not_hold_back_stage_0_in_dni(ray_session, mode):
+    """The last stage sleeps 250 ms per step. In dni, stage 0 has applied a whole window of updates
+    before the last stage finishes its first; locked backprop cannot update stage 0 before it."""
+    window = 4
+    cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=3, epochs=1, batch_size=512,
+                      sg_hidden=[32], max_in_flight=window, stage_delay_ms=[0, 0, 250]).validate()
+    result = run_training(cfg, load_dataset("synthetic", None), progress=False)
+    first, last = _update_ends(result, 0), _update_ends(result, 2)
+    assert len(first) == len(last) == 8
+    if mode == "dni":
+        assert first[window - 1] < last[0]
+    else:
+        assert first[0] > last[0]
+        assert all(a > b for a, b in zip(first, last))  # every stage-0 update waits for the last stage
+
+
+@pytest.mark.slow
+def test_dni_and_cdni_learn_and_beat_disabled_synthetic_gradients(ray_session):
+    data = load_dataset("digits", None)
+    accuracy = {}
+    for name, mode, sg_off in [("dni", "dni", False), ("cdni", "cdni", False), ("off", "dni", True)]:
+        cfg = TrainConfig(mode=mode, dataset="digits", arch="fc32*3", stages=3, epochs=8, batch_size=64,
+                          sg_hidden=[128] if mode == "dni" else None, sg_off=sg_off).validate()
+        result = run_training(cfg, data, progress=False)
+        accuracy[name] = result.summary["test_accuracy"]
+        assert len(result.summary["placement"]) == 3
+    assert accuracy["dni"] > 0.6 and accuracy["cdni"] > 0.6, accuracy  # chance is 0.1
+    assert accuracy["dni"] > accuracy["off"] + 0.05, accuracy
+    assert accuracy["cdni"] > accuracy["off"] + 0.05, accuracy
