@@ -7,6 +7,8 @@ it made them, so stage i sees stage i-1's batches in step order, and a stage nev
 
 import asyncio
 import os
+import queue
+import threading
 import time
 import traceback
 import warnings
@@ -16,8 +18,8 @@ import ray
 import torch
 
 from .config import TrainConfig
-from .network import build_stages, parse_arch, stage_output_shapes
-from .stage import Message, Stage
+from .network import build_aux_head, build_stages, parse_arch, stage_output_shapes
+from .stage import SG_MODES, Message, Stage
 from .synthetic_gradients import SyntheticGradient
 
 __all__ = ["StageActor", "Ledger"]
@@ -29,7 +31,8 @@ class Ledger:
     the driver when a count it waits for is reached (or a stage has failed)."""
 
     def __init__(self, num_stages: int):
-        self.counts = {kind: [0] * num_stages for kind in ("forward", "backward", "eval", "update")}
+        kinds = ("forward", "backward", "eval", "probe", "probe_backward", "update")
+        self.counts = {kind: [0] * num_stages for kind in kinds}
         self.events: list[dict] = []
         self.error: str | None = None
         self._changed: asyncio.Condition | None = None
@@ -66,6 +69,25 @@ class Ledger:
         return events
 
 
+class DelayedLink:
+    """Emulated link latency: calls are made `latency` seconds after they are handed over, by a
+    background thread, in order, so neither the sender's nor the receiver's compute waits."""
+
+    def __init__(self, latency: float):
+        self.latency = latency
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def submit(self, method, *args) -> None:
+        self.queue.put((time.monotonic() + self.latency, method, args))
+
+    def _run(self) -> None:
+        while True:
+            due, method, args = self.queue.get()
+            time.sleep(max(0.0, due - time.monotonic()))
+            method.remote(*args)
+
+
 class StageActor:
     """Holds stage `index` of the network; stage 0 also holds the data and is the only one the driver feeds."""
 
@@ -78,16 +100,22 @@ class StageActor:
         self.device = torch.device(cfg.device)
         self.data = {"train": (x_train, y_train), "eval": (x_test, y_test)}
         self.delay = cfg.stage_delay_ms[index] / 1000.0 if cfg.stage_delay_ms else 0.0
+        self.link = DelayedLink(cfg.link_latency_ms / 1000.0) if cfg.link_latency_ms else None
         layers = parse_arch(cfg.arch)
         module = build_stages(layers, input_shape, num_classes, cfg.stages, cfg.seed)[index].to(self.device)
-        sg_model = None
-        if cfg.mode != "backprop" and index < cfg.stages - 1:
-            torch.manual_seed(cfg.seed + 1 + index)
+        sg_model = aux_head = None
+        if index < cfg.stages - 1:
             shape = stage_output_shapes(layers, input_shape, cfg.stages)[index]
-            conditioned = num_classes if cfg.mode == "cdni" else None
-            sg_model = SyntheticGradient(shape, cfg.resolved_sg_hidden(), conditioned).to(self.device)
+            torch.manual_seed(cfg.seed + 1 + index)
+            if cfg.mode in SG_MODES:
+                conditioned = num_classes if cfg.mode == "cdni" else None
+                sg_model = SyntheticGradient(shape, cfg.resolved_sg_hidden(), conditioned).to(self.device)
+            elif cfg.mode == "dgl":
+                aux_head = build_aux_head(shape, num_classes, cfg.aux_hidden).to(self.device)
         self.core = Stage(index, cfg.stages, module, cfg.mode, self._send, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
-                          total_steps=total_steps, sg_model=sg_model, sg_lr=cfg.sg_lr, sg_trainable=not cfg.sg_off)
+                          total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
+                          batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
+                          sg_trainable=not cfg.sg_off, aux_head=aux_head)
         self.prev = self.next = None
         self.transport_seconds = 0.0
 
@@ -102,23 +130,38 @@ class StageActor:
     def state(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.core.module.state_dict().items()}
 
-    # -- messages (called by the driver for stage 0, by the neighbours otherwise) ---------------
-    def feed(self, step: int, indices: np.ndarray) -> None:
+    # -- messages from the driver (stage 0 only) -------------------------------------------------
+    def feed(self, step: int, micro: int, indices: np.ndarray) -> None:
         x, y = self._batch("train", indices)
-        self._handle("forward", step, lambda: self.core.forward(step, x, y))
+        self._handle("forward", step, micro, None, lambda: self.core.forward(step, micro, x, y))
 
     def feed_eval(self, batch: int, indices: np.ndarray) -> None:
         x, y = self._batch("eval", indices)
-        self._handle("eval", batch, lambda: self.core.evaluate(batch, x, y))
+        self._handle("eval", batch, 0, None, lambda: self.core.evaluate(batch, x, y))
 
-    def forward(self, step: int, h: np.ndarray, labels: np.ndarray) -> None:
-        self._handle("forward", step, lambda: self.core.forward(step, self._tensor(h), self._tensor(labels)))
+    def feed_probe(self, probe_id: int, indices: np.ndarray) -> None:
+        x, y = self._batch("train", indices)
+        self._handle("probe", probe_id, 0, None, lambda: self.core.probe(probe_id, x, y))
 
-    def backward(self, step: int, grad: np.ndarray) -> None:
-        self._handle("backward", step, lambda: self.core.backward(step, self._tensor(grad)))
+    # -- messages from the neighbours ------------------------------------------------------------
+    def forward(self, step: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
+        self._handle("forward", step, micro, sent_at,
+                     lambda: self.core.forward(step, micro, self._tensor(h), self._tensor(labels)))
 
-    def eval_forward(self, batch: int, h: np.ndarray, labels: np.ndarray) -> None:
-        self._handle("eval", batch, lambda: self.core.evaluate(batch, self._tensor(h), self._tensor(labels)))
+    def backward(self, step: int, micro: int, grad: np.ndarray, sent_at: float) -> None:
+        self._handle("backward", step, micro, sent_at, lambda: self.core.backward(step, micro, self._tensor(grad)))
+
+    def eval_forward(self, batch: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
+        self._handle("eval", batch, micro, sent_at,
+                     lambda: self.core.evaluate(batch, self._tensor(h), self._tensor(labels)))
+
+    def probe(self, probe_id: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
+        self._handle("probe", probe_id, micro, sent_at,
+                     lambda: self.core.probe(probe_id, self._tensor(h), self._tensor(labels)))
+
+    def probe_backward(self, probe_id: int, micro: int, grad: np.ndarray, sent_at: float) -> None:
+        self._handle("probe_backward", probe_id, micro, sent_at,
+                     lambda: self.core.probe_backward(probe_id, self._tensor(grad)))
 
     # -- internals -----------------------------------------------------------------------------
     def _batch(self, split: str, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,27 +172,38 @@ class StageActor:
         return torch.from_numpy(array).to(self.device)
 
     def _send(self, message: Message) -> None:
+        """Hand a message to its neighbour: arrays (zero-copy for the receiver on the same node) and
+        the send time, so the receiver can measure the transit."""
         start = time.perf_counter()
-        array = message.tensor.detach().cpu().numpy()
-        if message.kind == "backward":
-            self.prev.backward.remote(message.step, array)
+        neighbour = self.prev if message.kind in BACKWARD_KINDS else self.next
+        method = getattr(neighbour, RECEIVER[message.kind])
+        args = [message.step, message.micro, message.tensor.detach().cpu().numpy()]
+        if message.labels is not None:
+            args.append(message.labels.cpu().numpy())
+        args.append(time.time())
+        if self.link:
+            self.link.submit(method, *args)
         else:
-            labels = message.labels.cpu().numpy()
-            target = self.next.forward if message.kind == "forward" else self.next.eval_forward
-            target.remote(message.step, array, labels)
+            method.remote(*args)
         self.transport_seconds += time.perf_counter() - start
 
-    def _handle(self, kind: str, step: int, work) -> None:
+    def _handle(self, kind: str, step: int, micro: int, sent_at: float | None, work) -> None:
         """Run one message's work, timed; report it (or the failure) to the ledger."""
         start, updates, self.transport_seconds = time.time(), self.core.updates, 0.0
         try:
-            if self.delay and kind != "eval":
+            if self.delay and kind in ("forward", "backward"):
                 time.sleep(self.delay)  # an emulated slower device: its results come out later
             metrics = work()
         except Exception:
             self.ledger.fail.remote(f"stage {self.index} failed on {kind} of step {step}:\n{traceback.format_exc()}")
             raise
         self.ledger.report.remote({
-            "stage": self.index, "kind": kind, "step": step, "start": start, "end": time.time(),
+            "stage": self.index, "kind": kind, "step": step, "micro": micro, "start": start, "end": time.time(),
+            "transit": None if sent_at is None else start - sent_at,
             "transport": self.transport_seconds, "updates": self.core.updates - updates, **metrics,
         })
+
+
+BACKWARD_KINDS = ("backward", "probe_backward")
+RECEIVER = {"forward": "forward", "eval": "eval_forward", "probe": "probe", "backward": "backward",
+            "probe_backward": "probe_backward"}

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Train a network split into K Ray stage actors. Flags override a --config file; "
         "the run folder gets summary.json, metrics.jsonl and curves.png."))
     train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
-    train.add_argument("--mode", help=f"backprop (locked, exact), dni (synthetic gradients) or cdni (label-conditioned SG); default {d.mode}")
+    train.add_argument("--mode", help=(
+        "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
+        f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
     train.add_argument("--dataset", help=f"mnist (needs --data-dir or --download), digits (bundled) or synthetic (default {d.dataset})")
     train.add_argument("--download", action="store_true", default=None, help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
     train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
@@ -79,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
     train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
     train.add_argument("--sg-off", action="store_true", default=None, help="ablation: SG models stay zero, so only the last stage learns")
+    train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
+    train.add_argument("--aux-hidden", type=_int_list, help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
+    train.add_argument("--micro-batches", type=int, help=f"M, micro-batches per mini-batch in gpipe and 1f1b (default {d.micro_batches})")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (default: --epochs full epochs)")
+    train.add_argument("--eval-every", type=int, help="steps between test evaluations (default: once per epoch)")
+    train.add_argument("--target-accuracy", type=float, help="stop once the test accuracy reaches this fraction (time to accuracy)")
+    train.add_argument("--link-latency-ms", type=float, help="delay added to every message between stages, emulating links between machines (default 0)")
     train.add_argument("--max-in-flight", type=int, help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
     train.add_argument("--stage-delay-ms", type=_float_list, help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
     _add_common(train)
@@ -97,15 +106,16 @@ def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool) -> dict:
     run.create()
     with run.jsonl("metrics.jsonl") as append:
 
-        def on_epoch(record: dict, steps: list[dict]) -> None:
+        def on_eval(record: dict, steps: list[dict]) -> None:
             for step in steps:
                 append({"kind": "step", **step})
-            append({"kind": "epoch", **record})
-            log.info("%s epoch %d: test accuracy %.4f", cfg.mode, record["epoch"], record["test_accuracy"])
+            append({"kind": "eval", **record})
+            log.info("%s step %d (epoch %g): test accuracy %.4f", cfg.mode, record["step"], record["epoch"],
+                     record["test_accuracy"])
 
-        result = run_training(cfg, data, on_epoch=on_epoch, progress=progress)
+        result = run_training(cfg, data, on_eval=on_eval, progress=progress)
     run.write_json("summary.json", result.summary)
-    plot_curves(run.file("curves.png"), result.steps, result.epochs,
+    plot_curves(run.file("curves.png"), result.steps, result.evals,
                 f"{cfg.mode}, {cfg.stages} stages, {data.name} ({cfg.arch})")
     return result.summary
 

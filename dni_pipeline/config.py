@@ -10,12 +10,12 @@ import yaml
 from .data import DATASETS
 from .errors import UserError
 from .network import parse_arch
-from .stage import MODES
+from .stage import LOCKED_MODES, MODES
 
 __all__ = ["TrainConfig", "load_config_file", "build_config"]
 
 # The paper's choices: a 2x1024 MLP synthetic gradient for DNI, a linear one for cDNI.
-DEFAULT_SG_HIDDEN = {"backprop": [], "dni": [1024, 1024], "cdni": []}
+DEFAULT_SG_HIDDEN = {"dni": [1024, 1024], "cdni": []}
 
 
 @dataclass
@@ -33,8 +33,15 @@ class TrainConfig:
     sg_hidden: list[int] | None = None  # None: the mode's default (DEFAULT_SG_HIDDEN)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
+    sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
+    aux_hidden: list[int] = field(default_factory=list)  # DGL auxiliary classifier; empty: linear
+    micro_batches: int = 4  # gpipe and 1f1b
     seed: int = 0
-    max_in_flight: int = 0  # 0: 2 x stages for unlocked modes; locked backprop always runs 1
+    max_in_flight: int = 0  # 0: 2 x stages for unlocked modes; locked modes always run 1
+    max_steps: int = 0  # 0: epochs x steps per epoch
+    eval_every: int = 0  # steps between test evaluations; 0: once per epoch
+    target_accuracy: float | None = None  # stop once the test accuracy reaches it
+    link_latency_ms: float = 0.0
     cpus_per_stage: float = 1.0
     device: str = "cpu"
     address: str | None = None
@@ -42,12 +49,15 @@ class TrainConfig:
     out: str | None = None
 
     def resolved_sg_hidden(self) -> list[int]:
-        return DEFAULT_SG_HIDDEN[self.mode] if self.sg_hidden is None else self.sg_hidden
+        return DEFAULT_SG_HIDDEN.get(self.mode, []) if self.sg_hidden is None else self.sg_hidden
+
+    def resolved_micro_batches(self) -> int:
+        return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
 
     def window(self) -> int:
         """Steps the driver lets into the pipeline before waiting for one to finish."""
-        if self.mode == "backprop":
-            return 1
+        if self.mode in LOCKED_MODES:
+            return 1  # a locked step ends with every stage updated
         return self.max_in_flight or 2 * self.stages
 
     def validate(self) -> "TrainConfig":
@@ -65,7 +75,18 @@ class TrainConfig:
         need(self.lr > 0 and (self.sg_lr is None or self.sg_lr > 0), "learning rates must be positive")
         need(self.cpus_per_stage > 0, f"--cpus-per-stage must be positive (got {self.cpus_per_stage})")
         need(self.max_in_flight >= 0, f"--max-in-flight must be 0 (auto) or more (got {self.max_in_flight})")
-        need(all(w > 0 for w in self.resolved_sg_hidden()), "--sg-hidden widths must be positive")
+        need(self.micro_batches >= 1, f"--micro-batches must be at least 1 (got {self.micro_batches})")
+        need(
+            self.batch_size >= 2 * self.resolved_micro_batches(),
+            f"--batch-size {self.batch_size} leaves micro-batches under 2 samples: use at least "
+            f"{2 * self.resolved_micro_batches()} or fewer --micro-batches",
+        )
+        need(self.max_steps >= 0 and self.eval_every >= 0 and self.sg_probe_every >= 0,
+             "--max-steps, --eval-every and --sg-probe-every must be 0 or more")
+        need(self.link_latency_ms >= 0, f"--link-latency-ms must be 0 or more (got {self.link_latency_ms})")
+        need(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+             f"--target-accuracy is a fraction in (0, 1] (got {self.target_accuracy})")
+        need(all(w > 0 for w in self.resolved_sg_hidden() + self.aux_hidden), "--sg-hidden and --aux-hidden widths must be positive")
         need(
             not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,
             f"--stage-delay-ms needs one value per stage ({self.stages}), got {len(self.stage_delay_ms)}",

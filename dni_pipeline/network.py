@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["PRESETS", "LayerSpec", "parse_arch", "build_stages", "stage_output_shapes"]
+__all__ = ["PRESETS", "LayerSpec", "parse_arch", "build_stages", "stage_output_shapes", "build_aux_head"]
 
 PRESETS = {
     "fcn3": "fc256*3",  # the paper's MNIST FCN, 3 hidden layers
@@ -64,11 +64,13 @@ def _output_shape(spec: LayerSpec, in_shape: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _block(spec: LayerSpec, in_shape: tuple[int, ...]) -> nn.Module:
+    # No bias before BatchNorm: it would be cancelled by the mean subtraction, its true gradient is
+    # zero, and Adam would turn the rounding noise in that gradient into steps of full size.
     if spec.kind == "fc":
         modules = [nn.Flatten()] if len(in_shape) > 1 else []
-        modules += [nn.Linear(math.prod(in_shape), spec.width), nn.BatchNorm1d(spec.width), nn.ReLU()]
+        modules += [nn.Linear(math.prod(in_shape), spec.width, bias=False), nn.BatchNorm1d(spec.width), nn.ReLU()]
     else:
-        modules = [nn.Conv2d(in_shape[0], spec.width, 5, padding=2), nn.BatchNorm2d(spec.width), nn.ReLU()]
+        modules = [nn.Conv2d(in_shape[0], spec.width, 5, padding=2, bias=False), nn.BatchNorm2d(spec.width), nn.ReLU()]
         if spec.pool:
             modules.append(nn.MaxPool2d(3, stride=2, padding=1))
     return nn.Sequential(*modules)
@@ -120,3 +122,19 @@ def stage_output_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...], n
     """Per-sample output shape of every stage but the last (the shapes the synthetic gradients predict)."""
     shapes = _shapes(layers, input_shape)
     return [shapes[stop] for stop in _split_points(len(layers), num_stages)[:-1]]
+
+
+def build_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Sequential:
+    """DGL's auxiliary classifier on a stage output: an MLP (linear without `hidden`); image outputs
+    are first average-pooled to 2x2 so the head stays small next to the block."""
+    modules: list[nn.Module] = []
+    if len(shape) == 3:
+        modules.append(nn.AdaptiveAvgPool2d(2))
+        shape = (shape[0], min(shape[1], 2), min(shape[2], 2))
+    modules.append(nn.Flatten())
+    width = math.prod(shape)
+    for units in hidden:
+        modules += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    modules.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*modules)

@@ -1,15 +1,21 @@
 """The update rules of one pipeline stage, in plain PyTorch: no Ray here, so every rule is testable.
 
-A stage reacts to messages and emits messages through a `send` callback:
-- ``forward(step, h, y)``: activations (and labels) from the stage before; sent on to the stage after.
-- ``backward(step, grad)``: a gradient from the stage after. In ``backprop`` mode it is the true
-  gradient of the loss w.r.t. this stage's output; in ``dni``/``cdni`` it is the regression target
-  for this stage's synthetic-gradient model (bootstrapped: what the next stage computed through its
-  own synthetic gradient, or the true gradient if the next stage is the last).
-All gradients are of the batch-mean loss.
+A stage reacts to messages and emits messages through a `send` callback. Forward-going kinds carry
+activations and labels (``forward``, ``eval``, ``probe``); backward-going kinds carry a gradient of the
+batch-mean loss w.r.t. the receiver's output (``backward``, ``probe_backward``).
+
+Modes:
+- locked, exact (``backprop``, ``gpipe``, ``1f1b``): the mini-batch is cut into M micro-batches
+  (M = 1 for backprop); a stage accumulates the true gradients of all M and then steps. GPipe runs all
+  forwards before any backward; 1F1B lets stage i hold at most K - i forwards not yet backpropagated.
+- synthetic gradients (``dni``, ``cdni``): a stage sends its output on, then at once backpropagates
+  its SG model's prediction and steps; the gradient it computes for its input goes upstream as the
+  regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
+- local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
 """
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,17 +25,20 @@ from torch import nn
 
 from .synthetic_gradients import SyntheticGradient
 
-__all__ = ["MODES", "Message", "Stage", "learning_rate"]
+__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "Message", "Stage", "learning_rate"]
 
-MODES = ("backprop", "dni", "cdni")
+LOCKED_MODES = ("backprop", "gpipe", "1f1b")
+SG_MODES = ("dni", "cdni")
+MODES = LOCKED_MODES + SG_MODES + ("dgl",)
 
 
 @dataclass
 class Message:
-    kind: str  # "forward" and "eval" go to the next stage, "backward" to the previous one
-    step: int
+    kind: str
+    step: int  # training step, or evaluation batch / probe id
     tensor: torch.Tensor
     labels: torch.Tensor | None = None
+    micro: int = 0
 
 
 def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -39,8 +48,14 @@ def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> fl
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def _frozen_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of a module's parameters and buffers: a probe's graph then survives later
+    in-place optimizer steps, and BatchNorm updates only the copied running statistics."""
+    return {k: v.detach().clone() for k, v in (*module.named_parameters(), *module.named_buffers())}
+
+
 class Stage:
-    """One block of the network with its optimizer and, in dni modes, its synthetic-gradient model."""
+    """One block of the network with its optimizer and, by mode, its SG model or auxiliary head."""
 
     def __init__(
         self,
@@ -53,61 +68,114 @@ class Stage:
         lr: float,
         lr_schedule: str,
         total_steps: int,
+        micro_batches: int = 1,
+        batch_size: int | None = None,
         sg_model: SyntheticGradient | None = None,
         sg_lr: float | None = None,
         sg_trainable: bool = True,
+        aux_head: nn.Module | None = None,
     ):
         self.index, self.num_stages, self.mode = index, num_stages, mode
         self.is_last = index == num_stages - 1
         self.module, self.send = module, send
         self.lr, self.lr_schedule, self.total_steps = lr, lr_schedule, total_steps
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+        self.micro_batches = micro_batches
+        self.batch_size = batch_size  # the mini-batch that micro-batches make up (locked modes)
+        self.aux = aux_head
+        params = list(module.parameters()) + (list(aux_head.parameters()) if aux_head else [])
+        self.optimizer = torch.optim.Adam(params, lr=lr)
         self.sg = sg_model
         self.sg_trainable = sg_trainable
         self.sg_base_lr = sg_lr or lr
         self.sg_optimizer = torch.optim.Adam(sg_model.parameters(), lr=self.sg_base_lr) if sg_model else None
-        # step -> what the later `backward(step, ...)` needs: (input, output) with graph in backprop,
-        # (detached output, labels) for SG regression in dni modes. Bounded by the steps in flight.
-        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # (step, micro) -> what a later backward needs: (input, output or loss) with graph in locked
+        # modes, (detached output, labels) for SG regression. Bounded by the steps in flight.
+        self.pending: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.backwards_done: dict[int, int] = {}  # step -> micro-batches backpropagated (locked modes)
+        self.deferred: deque = deque()  # 1F1B: forwards waiting for a backward to free a slot
+        self.probes: dict[int, tuple] = {}
         self.updates = 0
 
-    # -- messages ------------------------------------------------------------------------------
-    def forward(self, step: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
-        """Run the block on a training batch; update now unless the mode must wait (backprop)."""
+    # -- training --------------------------------------------------------------------------------
+    def forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
+        """A training (micro-)batch from the stage before (or the data, for stage 0)."""
+        if self.mode in LOCKED_MODES:
+            return self._locked_forward(step, micro, h_in, labels)
         h_in = h_in.requires_grad_(self.index > 0)
         out = self.module(h_in)
         if self.is_last:
             loss = F.cross_entropy(out, labels)
-            self._update(step, loss, None, h_in)
-            correct = (out.argmax(1) == labels).sum().item()
-            return {"loss": loss.item(), "correct": correct, "count": len(labels)}
-        if self.mode == "backprop":
-            self.pending[step] = (h_in, out)
-            self.send(Message("forward", step, out.detach(), labels))
-            return {}
-        self.send(Message("forward", step, out.detach(), labels))  # the next stage starts before we update
-        h = out.detach()
-        if self.sg_trainable:
-            self.pending[step] = (h, labels)
-        self._update(step, out, self.sg.predict(h, labels), h_in)
-        return {}
+            loss.backward()
+            self._send_input_grad(step, micro, h_in)
+            self._step(step)
+            return _scores(loss, out, labels)
+        self.send(Message("forward", step, out.detach(), labels, micro))  # the next stage starts now
+        metrics = {}
+        if self.mode == "dgl":
+            aux_loss = F.cross_entropy(self.aux(out), labels)
+            aux_loss.backward()
+            metrics["aux_loss"] = aux_loss.item()
+        else:
+            h = out.detach()
+            if self.sg_trainable:
+                self.pending[(step, micro)] = (h, labels)
+            out.backward(self.sg.predict(h, labels))
+            self._send_input_grad(step, micro, h_in)
+        self._step(step)
+        return metrics
 
-    def backward(self, step: int, grad: torch.Tensor) -> dict:
-        """True gradient (backprop: update now) or synthetic-gradient target (dni: regress on it)."""
-        if self.mode == "backprop":
-            h_in, out = self.pending.pop(step)
-            self._update(step, out, grad, h_in)
+    def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
+        """True gradient (locked modes) or synthetic-gradient regression target (dni, cdni)."""
+        if self.mode in LOCKED_MODES:
+            self._locked_backward(step, micro, grad)
+            self._run_deferred()
             return {}
         if not self.sg_trainable:
             return {}
-        h, labels = self.pending.pop(step)
+        h, labels = self.pending.pop((step, micro))
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
-        self.sg_optimizer.zero_grad(set_to_none=True)
         loss = self.sg.regression_loss(h, labels, grad)
         loss.backward()
         self.sg_optimizer.step()
+        self.sg_optimizer.zero_grad(set_to_none=True)
         return {"sg_loss": loss.item()}
 
+    # -- locked modes ------------------------------------------------------------------------------
+    def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
+        in_flight = len(self.pending)
+        if self.mode == "1f1b" and not self.is_last and in_flight >= self.num_stages - self.index:
+            self.deferred.append((step, micro, h_in, labels))
+            return {}
+        h_in = h_in.requires_grad_(self.index > 0)
+        out = self.module(h_in)
+        if not self.is_last:
+            self.pending[(step, micro)] = (h_in, out)
+            self.send(Message("forward", step, out.detach(), labels, micro))
+            return {}
+        # Weighted so the micro-batch losses sum to the mean loss of the whole mini-batch.
+        loss = F.cross_entropy(out, labels) * (len(labels) / (self.batch_size or len(labels)))
+        self.pending[(step, micro)] = (h_in, loss)
+        if self.mode != "gpipe":
+            self._locked_backward(step, micro, None)
+        elif micro == self.micro_batches - 1:  # GPipe: every forward first, then backwards in reverse
+            for m in reversed(range(self.micro_batches)):
+                self._locked_backward(step, m, None)
+        return _scores(loss, out, labels)
+
+    def _locked_backward(self, step: int, micro: int, grad: torch.Tensor | None) -> None:
+        h_in, out = self.pending.pop((step, micro))
+        out.backward(grad)  # gradients accumulate over the micro-batches of the step
+        self._send_input_grad(step, micro, h_in)
+        self.backwards_done[step] = self.backwards_done.get(step, 0) + 1
+        if self.backwards_done[step] == self.micro_batches:
+            del self.backwards_done[step]
+            self._step(step)
+
+    def _run_deferred(self) -> None:
+        if self.deferred:
+            self._locked_forward(*self.deferred.popleft())
+
+    # -- evaluation and SG probes --------------------------------------------------------------------
     def evaluate(self, batch: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
         """Inference with running BatchNorm statistics; the last stage scores the batch."""
         self.module.eval()
@@ -120,17 +188,46 @@ class Stage:
         loss = F.cross_entropy(out, labels, reduction="sum").item()
         return {"loss_sum": loss, "correct": (out.argmax(1) == labels).sum().item(), "count": len(labels)}
 
+    def probe(self, probe_id: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Forward a probe batch as training would, on a frozen copy of the block, keeping what the
+        SG model predicts so the true gradient can be compared with it when it comes back."""
+        h_in = h_in.requires_grad_(self.index > 0)
+        out = torch.func.functional_call(self.module, _frozen_copy(self.module), (h_in,))
+        if self.is_last:
+            loss = F.cross_entropy(out, labels)
+            if self.index > 0:
+                (grad,) = torch.autograd.grad(loss, h_in)
+                self.send(Message("probe_backward", probe_id, grad))
+            return {}
+        predicted = self.sg.predict(out.detach(), labels)  # (its own BatchNorm always uses batch statistics)
+        self.probes[probe_id] = (h_in, out, predicted)
+        self.send(Message("probe", probe_id, out.detach(), labels))
+        return {}
+
+    def probe_backward(self, probe_id: int, grad: torch.Tensor) -> dict:
+        """Cosine similarity between this stage's synthetic gradient and the true one, same batch."""
+        h_in, out, predicted = self.probes.pop(probe_id)
+        cosine = F.cosine_similarity(predicted.flatten(), grad.flatten(), dim=0).item()
+        if self.index > 0:
+            (grad_in,) = torch.autograd.grad(out, h_in, grad)
+            self.send(Message("probe_backward", probe_id, grad_in))
+        return {"sg_cosine": cosine}
+
     # -- internals -----------------------------------------------------------------------------
+    def _send_input_grad(self, step: int, micro: int, h_in: torch.Tensor) -> None:
+        if self.index > 0 and self.mode != "dgl":
+            self.send(Message("backward", step, h_in.grad, micro=micro))
+
     def _set_lr(self, optimizer: torch.optim.Optimizer, base: float, step: int) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(base, self.lr_schedule, step, self.total_steps)
 
-    def _update(self, step: int, out: torch.Tensor, grad_out: torch.Tensor | None, h_in: torch.Tensor) -> None:
-        """Backpropagate `grad_out` (or the scalar loss `out`) through the block, step, send dL/dh_in up."""
+    def _step(self, step: int) -> None:
         self._set_lr(self.optimizer, self.lr, step)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.backward(grad_out)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        if self.index > 0:
-            self.send(Message("backward", step, h_in.grad))
+
+
+def _scores(loss: torch.Tensor, out: torch.Tensor, labels: torch.Tensor) -> dict:
+    return {"loss": loss.item(), "correct": (out.argmax(1) == labels).sum().item(), "count": len(labels)}

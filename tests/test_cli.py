@@ -31,7 +31,7 @@ def test_train_writes_summary_metrics_and_plot(ray_session, tmp_path, capsys):
     steps = [r for r in records if r["kind"] == "step"]
     assert [r["step"] for r in steps] == list(range(summary["steps"]))
     assert all(len(r["sg_loss"]) == 1 and r["loss"] > 0 for r in steps)
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert [r["epoch"] for r in records if r["kind"] == "eval"] == [1, 2]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "test acc" in table and "cdni" in table

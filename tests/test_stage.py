@@ -39,7 +39,7 @@ def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(
     sent = []
     stage = _stage(1, 3, block, mode, sg, sent)
     h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
-    stage.forward(0, h_in.clone(), labels)
+    stage.forward(0, 0, h_in.clone(), labels)
 
     # What the test computes itself: d/dh_in <block(h_in), M(h)> with M(h) held constant.
     x = h_in.clone().requires_grad_()
@@ -60,7 +60,7 @@ def test_last_stage_sends_the_true_input_gradient():
     sent = []
     stage = _stage(1, 2, block, "dni", sent=sent)
     h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
-    metrics = stage.forward(0, h_in.clone(), labels)
+    metrics = stage.forward(0, 0, h_in.clone(), labels)
     x = h_in.clone().requires_grad_()
     loss = F.cross_entropy(block_before(x), labels)
     (expected,) = torch.autograd.grad(loss, x)
@@ -84,9 +84,9 @@ def test_sg_regression_learns_its_target():
     losses = []
     for step in range(300):
         h = torch.rand(32, 16)
-        stage.pending[step] = (h, torch.zeros(32, dtype=torch.long))
+        stage.pending[(step, 0)] = (h, torch.zeros(32, dtype=torch.long))
         target = (h @ mapping) / 32  # a gradient of the batch-mean loss
-        losses.append(stage.backward(step, target)["sg_loss"])
+        losses.append(stage.backward(step, 0, target)["sg_loss"])
     assert losses[-1] < losses[0] / 20
 
 
@@ -102,16 +102,16 @@ def test_backprop_chain_equals_one_module():
     def wire(i):
         def send(message):
             if message.kind == "forward":
-                stages[i + 1].forward(message.step, message.tensor, message.labels)
+                stages[i + 1].forward(message.step, message.micro, message.tensor, message.labels)
             else:
-                stages[i - 1].backward(message.step, message.tensor)
+                stages[i - 1].backward(message.step, message.micro, message.tensor)
         return send
 
     stages += [Stage(i, 3, parts[i], "backprop", wire(i), lr=1e-2, lr_schedule="cosine", total_steps=5) for i in range(3)]
     generator = torch.Generator().manual_seed(0)
     for step in range(5):
         x, y = torch.rand(16, 12, generator=generator), torch.randint(0, 4, (16,), generator=generator)
-        stages[0].forward(step, x, y)
+        stages[0].forward(step, 0, x, y)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(1e-2, "cosine", step, 5)
         optimizer.zero_grad()
@@ -127,3 +127,99 @@ def test_cosine_schedule():
     assert learning_rate(0.1, "cosine", 50, 100) == pytest.approx(0.05)
     assert learning_rate(0.1, "cosine", 100, 100) == pytest.approx(0.0)
     assert learning_rate(0.1, "constant", 99, 100) == 0.1
+
+
+def _simulate(mode: str, num_stages: int, micro_batches: int):
+    """Deliver messages first-in first-out between pure Stage objects, as actors would; return each
+    stage's order of forwards ("F", micro) and backwards ("B", micro), and the stages."""
+    from collections import deque
+
+    layers = parse_arch(f"fc8*{num_stages}")
+    parts = build_stages(layers, (6,), 3, num_stages, seed=0)
+    inbox: deque = deque()
+    trace: list[list] = [[] for _ in range(num_stages)]
+    stages: list[Stage] = []
+
+    def make_send(i):
+        def send(message):
+            target = i + 1 if message.kind == "forward" else i - 1
+            inbox.append((target, message))
+        return send
+
+    for i in range(num_stages):
+        stage = Stage(i, num_stages, parts[i], mode, make_send(i), lr=1e-2, lr_schedule="constant",
+                      total_steps=1, micro_batches=micro_batches, batch_size=4 * micro_batches)
+        original_forward, original_backward = stage.module.forward, stage._locked_backward
+        stage.module.forward = lambda x, i=i, f=original_forward: (trace[i].append(("F", None)), f(x))[1]
+        stage._locked_backward = lambda step, micro, grad, i=i, b=original_backward: (
+            trace[i].append(("B", micro)), b(step, micro, grad))[1]
+        stages.append(stage)
+    x, y = torch.rand(4 * micro_batches, 6), torch.arange(4 * micro_batches) % 3
+    for micro in range(micro_batches):
+        inbox.append((0, ("feed", micro, x[4 * micro:4 * micro + 4], y[4 * micro:4 * micro + 4])))
+    while inbox:
+        target, message = inbox.popleft()
+        if isinstance(message, tuple):
+            stages[0].forward(0, message[1], message[2], message[3])
+        elif message.kind == "forward":
+            stages[target].forward(0, message.micro, message.tensor, message.labels)
+        else:
+            stages[target].backward(0, message.micro, message.tensor)
+    return [["F" if op == "F" else f"B{m}" for op, m in ops] for ops in trace], stages
+
+
+def test_gpipe_schedule_runs_all_forwards_then_backwards_in_reverse():
+    trace, stages = _simulate("gpipe", num_stages=2, micro_batches=4)
+    assert trace[0] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
+    assert trace[1] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
+    assert [s.updates for s in stages] == [1, 1]
+
+
+def test_1f1b_schedule_alternates_and_bounds_activations():
+    trace, stages = _simulate("1f1b", num_stages=3, micro_batches=4)
+    assert trace[0] == ["F", "F", "F", "B0", "F", "B1", "B2", "B3"]  # at most K - 0 = 3 in flight
+    assert trace[1] == ["F", "F", "B0", "F", "B1", "F", "B2", "B3"]  # at most K - 1 = 2 in flight
+    assert trace[2] == ["F", "B0", "F", "B1", "F", "B2", "F", "B3"]
+    assert [s.updates for s in stages] == [1, 1, 1] and not any(s.pending for s in stages)
+
+
+def test_dgl_trains_an_auxiliary_head_and_sends_nothing_upstream():
+    from dni_pipeline.network import build_aux_head
+
+    block = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[0]
+    head = build_aux_head((16,), 5, [])
+    head_before = copy.deepcopy(head)
+    sent = []
+    stage = Stage(0, 2, block, "dgl", sent.append, lr=1e-2, lr_schedule="constant", total_steps=1, aux_head=head)
+    metrics = stage.forward(0, 0, torch.randn(8, 16), torch.arange(8) % 5)
+    assert [m.kind for m in sent] == ["forward"] and metrics["aux_loss"] > 0
+    assert not torch.equal(head[-1].weight, head_before[-1].weight) and stage.updates == 1
+    sent.clear()
+    last = Stage(1, 2, build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[1], "dgl", sent.append,
+                 lr=1e-2, lr_schedule="constant", total_steps=1)
+    last.forward(0, 0, torch.randn(8, 16), torch.arange(8) % 5)
+    assert sent == []
+
+
+def test_probe_compares_sg_with_the_true_gradient_and_changes_nothing():
+    """Two stages: the probe's cosine at stage 0 equals the cosine between the SG prediction and
+    autograd's gradient of the last stage's loss, and no weight or statistic moves."""
+    parts = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)
+    sg = SyntheticGradient((16,), [], 5)
+    _randomize_last_layer(sg)
+    inbox = []
+    first = Stage(0, 2, parts[0], "cdni", inbox.append, lr=1e-2, lr_schedule="constant", total_steps=1, sg_model=sg)
+    last = Stage(1, 2, parts[1], "cdni", inbox.append, lr=1e-2, lr_schedule="constant", total_steps=1)
+    before = [copy.deepcopy(p.state_dict()) for p in parts]
+    x, y = torch.rand(8, 16), torch.arange(8) % 5
+    first.probe(7, x, y)
+    last.probe(7, inbox[0].tensor, inbox[0].labels)
+    cosine = first.probe_backward(7, inbox[1].tensor)["sg_cosine"]
+    for part, state in zip(parts, before):
+        for name, value in part.state_dict().items():
+            assert torch.equal(value, state[name]), name
+
+    h = parts[0](x).detach().requires_grad_()
+    (true_grad,) = torch.autograd.grad(F.cross_entropy(parts[1](h), y), h)
+    expected = F.cosine_similarity(sg.predict(h.detach(), y).flatten(), true_grad.flatten(), dim=0).item()
+    assert cosine == pytest.approx(expected, abs=1e-5)
