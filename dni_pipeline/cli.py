@@ -1,17 +1,19 @@
 """`dni-pipeline`: train one pipeline run, or the local demo that sets unlocked and locked side by side."""
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
+from .bench import BenchConfig, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
 from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
 from .errors import UserError
 from .network import PRESETS
 from .pipeline import PipelineError, check_capacity, run_training
-from .report import format_table, plot_curves
+from .plots import plot_curves
 from .runtime import RunFolder, connect_ray
 
 __all__ = ["main"]
@@ -38,6 +40,10 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
 
 
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -45,11 +51,15 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and `demo`; every default lives in TrainConfig (flags left unset say None)."""
+def _add_stages_and_epochs(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default {d.stages})")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Flags of every command; every default lives in TrainConfig (flags left unset say None)."""
+    d = TrainConfig()
     p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder); default ${DATA_DIR_ENV}")
     p.add_argument("--address", help="join the Ray cluster at host:port (or 'auto') instead of starting a local Ray")
     p.add_argument("--device", help="cpu (each stage reserves --cpus-per-stage CPUs) or cuda (each stage reserves one GPU)")
@@ -68,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one pipeline run", description=(
         "Train a network split into K Ray stage actors. Flags override a --config file; "
         "the run folder gets summary.json, metrics.jsonl and curves.png."))
+    _add_stages_and_epochs(train)
     train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
     train.add_argument("--mode", help=(
         "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
@@ -96,8 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="local multi-process demo: dni and backprop on the same stage actors", description=(
         "Start a local Ray, train a K-stage pipeline in dni mode and then in backprop mode with the same "
         "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits."))
+    _add_stages_and_epochs(demo)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    bench = commands.add_parser("bench", help="throughput of modes side by side, with timelines and time to accuracy", description=(
+        "Run the chosen modes and stage counts on the same model, data and resources, repetitions "
+        "interleaved (A B C A B C ...), and write bench.json, bench.md and PNG plots to --out. The "
+        "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
+    bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"], help="modes to compare, comma separated (default backprop,gpipe,dni)")
+    bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
+    bench.add_argument("--dataset", default="mnist", help="mnist, digits or synthetic (default mnist)")
+    bench.add_argument("--arch", default="fc1024*8", help="the network, as for train (default fc1024*8: 4 layers per stage at K = 2)")
+    bench.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
+    bench.add_argument("--micro-batches", type=int, default=4, help="M for gpipe and 1f1b (default 4)")
+    bench.add_argument("--sg-hidden", type=_int_list, default=[128], help=(
+        "hidden widths of the SG models (default 128: a 1024-128-1024 bottleneck whose cost is a few "
+        "percent of a 4-layer block; the paper's 1024,1024 costs as much as the block)"))
+    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
+    bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
+    bench.add_argument("--link-latency-ms", type=_float_list, default=[0.0, 20.0], help="latencies to sweep, ms per message, comma separated; the first is the baseline (default 0,20)")
+    bench.add_argument("--target-accuracy", type=float, default=0.97, help="test accuracy for the time-to-accuracy runs (default 0.97)")
+    bench.add_argument("--tta-epochs", type=int, default=3, help="epochs after which a time-to-accuracy run gives up; 0 skips those runs (default 3)")
+    bench.add_argument("--eval-every", type=int, default=25, help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
+    _add_common(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -153,6 +188,41 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"dni / backprop throughput: {dni['samples_per_sec'] / backprop['samples_per_sec']:.2f}x; "
           f"test accuracy {100 * dni['test_accuracy']:.2f}% vs {100 * backprop['test_accuracy']:.2f}%")
     print(f"results in {root}/")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    flags = {**vars(args), "stages": min(args.stages), "mode": args.modes[0], "link_latency_ms": 0.0}
+    bench = BenchConfig(build_config({}, flags), modes=args.modes, stages=args.stages, reps=args.reps,
+                        steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
+                        tta_epochs=args.tta_epochs, eval_every=args.eval_every).validate()
+    run = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    data = load_dataset(bench.base.dataset, bench.base.data_dir, seed=bench.base.seed)
+    with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
+        for k in bench.stages:
+            check_capacity(dataclasses.replace(bench.base, stages=k))
+        run.create()
+        run_bench(bench, data, run, progress=not args.no_progress)
+    print(run.file("bench.md").read_text())
+    print(f"results in {run.path}/")
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Rows of dicts as an aligned text table; `columns` are (key, heading) pairs."""
+    cells = [[heading for _, heading in columns]]
+    for row in rows:
+        cells.append([_cell(row.get(key)) for key, _ in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(_cell(v) for v in value)
+    return "-" if value is None else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The driver: starts the stage actors, feeds stage 0 with bounded steps in flight, evaluates each
-epoch, and turns the stages' events into metrics. It never carries activations or gradients."""
+"""The driver: starts the stage actors, feeds stage 0 with bounded steps in flight, evaluates at set
+steps, and turns the stages' events into metrics. It never carries activations or gradients."""
 
 import logging
 import time
@@ -58,7 +58,7 @@ class _Driver:
         resources = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.cpus_per_stage}
         actor_class = ray.remote(StageActor)
         self.stages = [
-            actor_class.options(name=None, **resources).remote(
+            actor_class.options(**resources).remote(
                 cfg.to_dict(), i, data.input_shape, data.num_classes, self.total_steps, self.ledger,
                 *(data_refs if i == 0 else [None] * 4),
             )
