@@ -168,11 +168,13 @@ def _ratio(value: float | None) -> str:
 
 def _plots(bench, entries, throughput, tta, run: RunFolder) -> None:
     plot_throughput(run.file("throughput.png"), entries)
+    first = bench.steps // 2  # a window in the steady state, past the pipeline's fill
+    count = min(6, bench.steps - first)
     for (latency, k, mode), results in throughput.items():
         if latency == bench.latencies[0]:
             plot_timeline(run.file(f"timeline_{mode}_K{k}.png"), results[0].events, k,
-                          f"{mode}, K = {k}: one repetition, steps {bench.steps // 2} to {bench.steps // 2 + 5}",
-                          first_step=bench.steps // 2, num_steps=6)
+                          f"{mode}, K = {k}: one repetition, steps {first} to {first + count - 1}",
+                          first_step=first, num_steps=count)
     if len(bench.latencies) > 1:
         plot_latency(run.file("latency.png"), entries, bench.latencies)
     if tta:
