@@ -106,3 +106,14 @@ def test_link_latency_delays_every_message_by_the_amount_asked(ray_session):
         transit[latency] = _median_transit(run_training(cfg, data, progress=False))
     assert 0.080 <= transit[80.0] < 0.080 + 0.040, transit
     assert transit[80.0] - transit[0.0] == pytest.approx(0.080, abs=0.015), transit
+
+
+def test_a_failing_stage_stops_the_run_naming_the_stage_and_step(ray_session):
+    from dni_pipeline.data import Dataset
+    from dni_pipeline.pipeline import PipelineError
+
+    data = load_dataset("synthetic", None)
+    broken = Dataset("synthetic", data.x_train, np.full_like(data.y_train, 99), data.x_test, data.y_test, 10)
+    cfg = TrainConfig(mode="dni", dataset="synthetic", arch="fc16*2", stages=2, epochs=1, sg_hidden=[8]).validate()
+    with pytest.raises(PipelineError, match="stage 1 failed on forward of step 0"):
+        run_training(cfg, broken, progress=False)
