@@ -1,0 +1,66 @@
+"""DDPM training on 2-D data: it learns, its checkpoints resume bit-for-bit, its metrics have floors."""
+
+import pytest
+import torch
+
+from diffusion.denoisers import MLPDenoiser
+from diffusion.metrics import energy_distance, mmd_rbf, with_floor_and_ceiling
+from diffusion.samplers import ddim_sample
+from diffusion.toys import TOYS, sample_toy
+from diffusion.trainer import DiffusionTrainConfig, Trainer
+
+
+def _trainer(steps: int, seed: int = 0, ema_decay: float = 0.999) -> Trainer:
+    torch.manual_seed(seed)
+    cfg = DiffusionTrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup=20, ema_decay=ema_decay, seed=seed)
+    return Trainer(cfg, MLPDenoiser(dim=2, width=128, depth=3), sample_toy("moons", 4000, seed=1))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    straight = _trainer(30)
+    for _ in range(30):
+        straight.train_step()
+    first = _trainer(30)
+    for _ in range(12):
+        first.train_step()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = _trainer(30, seed=0)
+    resumed.load(tmp_path / "ckpt.pt")
+    while resumed.step < 30:
+        resumed.train_step()
+    for a, b in zip(straight.state_dict()["model"].values(), resumed.state_dict()["model"].values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    trainer = _trainer(10)
+    trainer.save(tmp_path / "ckpt.pt")
+    other = Trainer(DiffusionTrainConfig(steps=10, lr=1e-4), MLPDenoiser(dim=2, width=128, depth=3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="another configuration"):
+        other.load(tmp_path / "ckpt.pt")
+
+
+def test_metrics_floor_below_ceiling():
+    reference, held_out = sample_toy("8gaussians", 1500, seed=1), sample_toy("8gaussians", 1500, seed=2)
+    for metric in (energy_distance, mmd_rbf):
+        result = with_floor_and_ceiling(metric, held_out, reference, sample_toy("8gaussians", 1500, seed=3),
+                                        generator=torch.Generator().manual_seed(0))
+        assert abs(result["floor"]) < 0.05 * result["ceiling"] and abs(result["value"]) < 0.05 * result["ceiling"]
+    assert {tuple(sample_toy(name, 10, 0).shape) for name in TOYS} == {(10, 2)}
+
+
+@pytest.mark.slow
+def test_short_moons_training_lands_far_below_the_noise_ceiling():
+    torch.set_num_threads(2)
+    trainer = _trainer(1500, ema_decay=0.99)
+    for _ in range(trainer.cfg.steps):
+        trainer.train_step()
+    samples = ddim_sample(trainer.ema, trainer.schedule, (1500, 2), steps=50, clip=False,
+                          generator=torch.Generator().manual_seed(0))
+    result = with_floor_and_ceiling(energy_distance, samples, sample_toy("moons", 1500, seed=7),
+                                    sample_toy("moons", 1500, seed=8), generator=torch.Generator().manual_seed(0))
+    assert result["value"] < 0.1 * result["ceiling"], result
