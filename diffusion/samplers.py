@@ -15,16 +15,17 @@ __all__ = ["ddpm_sample", "ddim_sample", "ddim_timesteps"]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _x0(schedule, objective, model, x, t, clip: bool) -> torch.Tensor:
+def _x0(schedule, objective, model, x, t, clip: float | None) -> torch.Tensor:
+    """The model's x_0, clamped to [-clip, clip] (the data's range) unless `clip` is None."""
     x0 = schedule.predict_x0(objective, x, t, model(x, t))
-    return x0.clamp(-1.0, 1.0) if clip else x0
+    return x0 if clip is None else x0.clamp(-clip, clip)
 
 
 @torch.no_grad()
 def ddpm_sample(model: Denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], *, objective: str = "eps",
-                variance: str = "fixed_small", clip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+                variance: str = "fixed_small", clip: float | None = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Ancestral sampling, x_T ~ N(0, I) down to x_0 (Algorithm 2). `fixed_small` uses the true
-    posterior variance, `fixed_large` uses beta_t; `clip` keeps the predicted x_0 in [-1, 1]."""
+    posterior variance, `fixed_large` uses beta_t; `clip` bounds the predicted x_0 (images: 1)."""
     if variance not in ("fixed_small", "fixed_large"):
         raise ValueError(f"unknown variance '{variance}': use fixed_small or fixed_large")
     log_variances = schedule.posterior_log_variance_clipped if variance == "fixed_small" else schedule.fixed_large_log_variance
@@ -48,7 +49,7 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
 
 @torch.no_grad()
 def ddim_sample(model: Denoiser, schedule: NoiseSchedule, shape: tuple[int, ...], *, steps: int = 50, eta: float = 0.0,
-                objective: str = "eps", clip: bool = True, generator: torch.Generator | None = None,
+                objective: str = "eps", clip: float | None = 1.0, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM on a sub-sequence of steps (Song et al., eq. 12); eta = 0 is deterministic given x_T,
     eta = 1 matches DDPM's posterior variance on the sub-sequence."""

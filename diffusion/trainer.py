@@ -92,8 +92,10 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by `save` (loaded with weights_only: no code is unpickled)."""
         state = torch.load(path, weights_only=True)
-        if state["config"] != dataclasses.asdict(self.cfg):
-            raise ValueError(f"checkpoint {path} was written with another configuration: resume with the same one")
+        ours = dataclasses.asdict(self.cfg)
+        if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in ours.items() if k != "steps"}:
+            raise ValueError(f"checkpoint {path} was written with another configuration: resume with the same one "
+                             "(only the number of steps may change)")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

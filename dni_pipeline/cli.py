@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffusion.cli import add_diffusion_commands
+
 from .bench import BenchConfig, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
 from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--eval-every", type=int, default=25, help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
     _add_common(bench)
     bench.set_defaults(func=cmd_bench)
+
+    add_diffusion_commands(commands, _Parser)
     return parser
 
 
@@ -227,7 +231,7 @@ def _cell(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="[dni-pipeline] %(message)s", stream=sys.stderr)
     try:
         args.func(args)

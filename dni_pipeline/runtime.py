@@ -75,11 +75,16 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class RunFolder:
-    """A run's output folder: checked before any work, created when the work starts."""
+    """A run's output folder: checked before any work, created when the work starts. With `resume`
+    it must instead be an existing run folder holding `checkpoint`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, resume: bool = False, checkpoint: str = "checkpoint.pt"):
         self.path = Path(path)
-        self._check()
+        if resume:
+            if not (self.path / checkpoint).is_file():
+                raise UserError(f"nothing to resume in {self.path} (no {checkpoint}): check the run folder path")
+        else:
+            self._check()
 
     def _check(self) -> None:
         if self.path.exists():

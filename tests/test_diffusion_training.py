@@ -39,7 +39,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     trainer = _trainer(10)
     trainer.save(tmp_path / "ckpt.pt")
-    other = Trainer(DiffusionTrainConfig(steps=10, lr=1e-4), MLPDenoiser(dim=2, width=128, depth=3), torch.zeros(4, 2))
+    other = Trainer(DiffusionTrainConfig(steps=10, batch_size=128, lr=1e-4, warmup=20), MLPDenoiser(dim=2, width=128, depth=3),
+                    torch.zeros(4, 2))
     with pytest.raises(ValueError, match="another configuration"):
         other.load(tmp_path / "ckpt.pt")
 
@@ -59,7 +60,7 @@ def test_short_moons_training_lands_far_below_the_noise_ceiling():
     trainer = _trainer(1500, ema_decay=0.99)
     for _ in range(trainer.cfg.steps):
         trainer.train_step()
-    samples = ddim_sample(trainer.ema, trainer.schedule, (1500, 2), steps=50, clip=False,
+    samples = ddim_sample(trainer.ema, trainer.schedule, (1500, 2), steps=50, clip=None,
                           generator=torch.Generator().manual_seed(0))
     result = with_floor_and_ceiling(energy_distance, samples, sample_toy("moons", 1500, seed=7),
                                     sample_toy("moons", 1500, seed=8), generator=torch.Generator().manual_seed(0))

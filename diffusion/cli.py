@@ -1,0 +1,147 @@
+"""`dni-pipeline diffusion train|sample|sweep`: DDPM runs as Ray tasks on the local Ray or a cluster."""
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from dni_pipeline.runtime import RunFolder, connect_ray, write_json_atomic
+
+from .datasets import DIFFUSION_DATASETS, load_diffusion_data
+from .jobs import parse_grid, submit, sweep
+from .plots import plot_samples
+from .run import DiffusionRunConfig, build_denoiser, sample
+from .trainer import Trainer
+
+__all__ = ["add_diffusion_commands"]
+
+RUN = DiffusionRunConfig()
+# Images: a UNet, a smaller learning rate and a slower EMA than the 2-D defaults.
+IMAGE_TRAIN = {"steps": 4000, "batch_size": 64, "lr": 5e-4, "ema_decay": 0.999}
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    t = RUN.train
+    p.add_argument("--dataset", default=RUN.dataset, help=f"{', '.join(DIFFUSION_DATASETS)} (default {RUN.dataset})")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (for --dataset mnist)")
+    p.add_argument("--steps", type=int, help=f"training steps (default {t.steps} for 2-D, {IMAGE_TRAIN['steps']} for images)")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {t.batch_size} for 2-D, {IMAGE_TRAIN['batch_size']} for images)")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {t.lr:g} for 2-D, {IMAGE_TRAIN['lr']:g} for images)")
+    p.add_argument("--warmup", type=int, help=f"steps of linear warm-up (default {t.warmup})")
+    p.add_argument("--grad-clip", type=float, help=f"gradient-norm clip (default {t.grad_clip:g})")
+    p.add_argument("--ema-decay", type=float, help=f"EMA decay of the sampled weights (default {t.ema_decay:g} for 2-D, {IMAGE_TRAIN['ema_decay']:g} for images)")
+    p.add_argument("--objective", help=f"eps (L_simple), x0 or v (default {t.objective})")
+    p.add_argument("--schedule", help=f"linear (1e-4 to 0.02) or cosine (default {t.schedule})")
+    p.add_argument("--timesteps", type=int, help=f"T (default {t.timesteps})")
+    p.add_argument("--seed", type=int, help=f"seed of weights, batches and noise (default {t.seed})")
+    p.add_argument("--width", type=int, help=f"MLP denoiser width for 2-D data (default {RUN.width})")
+    p.add_argument("--depth", type=int, help=f"MLP denoiser residual blocks (default {RUN.depth})")
+    p.add_argument("--unet-widths", help=f"UNet channels per resolution, comma separated (default {','.join(map(str, RUN.unet_widths))})")
+    p.add_argument("--no-attention", action="store_true", help="UNet without self-attention at the lowest resolution")
+    _sampler_flags(p)
+    p.add_argument("--eval-samples", type=int, help=f"samples drawn to measure quality (default {RUN.eval_samples})")
+    p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {RUN.checkpoint_every})")
+
+
+def _sampler_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", help=f"ddim or ddpm (ancestral) (default {RUN.sampler})")
+    p.add_argument("--sample-steps", type=int, help=f"DDIM steps (default {RUN.sample_steps})")
+    p.add_argument("--eta", type=float, help=f"DDIM eta: 0 deterministic, 1 DDPM-like (default {RUN.eta:g})")
+    p.add_argument("--variance", help=f"DDPM reverse variance: fixed_small or fixed_large (default {RUN.variance})")
+
+
+def _ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join the Ray cluster at host:port instead of starting a local Ray")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs each training task reserves (and torch threads) (default 1)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs each training task reserves (default 0)")
+
+
+def _config(args: argparse.Namespace) -> DiffusionRunConfig:
+    """Defaults for the dataset, then the flags that were given."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    image = args.dataset not in ("moons", "swiss_roll", "8gaussians")
+    train_names = {f.name for f in dataclasses.fields(RUN.train)}
+    train = dataclasses.replace(RUN.train, **(IMAGE_TRAIN if image else {}),
+                                **{k: v for k, v in given.items() if k in train_names})
+    run_names = {f.name for f in dataclasses.fields(RUN)} - {"train"}
+    values = {k: v for k, v in given.items() if k in run_names}
+    if "unet_widths" in values:
+        values["unet_widths"] = [int(w) for w in values["unet_widths"].split(",")]
+    values["attention"] = not args.no_attention
+    return dataclasses.replace(RUN, train=train, **values).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    resume = args.resume is not None
+    if resume:
+        run = RunFolder(args.resume, resume=True)
+        cfg = DiffusionRunConfig.from_dict(json.loads(run.file("config.json").read_text()))
+        if args.steps:  # the one setting a resumed run may change: how far it goes
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps)).validate()
+            write_json_atomic(run.file("config.json"), cfg.to_dict())
+    else:
+        cfg = _config(args)
+        run = RunFolder(args.out or f"runs/diffusion-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        load_diffusion_data(cfg.dataset, cfg.data_dir, eval_points=2)  # bad data fails before any work
+    with connect_ray(args.address, args.num_cpus):
+        summary = ray.get(submit(cfg, str(run.path), resume=resume, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
+    shown = {k: v for k, v in summary.items() if k != "config"}
+    print(json.dumps(shown, indent=2))
+    print(f"results in {run.path}/")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    run = RunFolder(args.run, resume=True)
+    cfg = DiffusionRunConfig.from_dict(json.loads(run.file("config.json").read_text()))
+    cfg = dataclasses.replace(cfg, **{k: getattr(args, k) for k in ("sampler", "sample_steps", "eta", "variance")
+                                      if getattr(args, k) is not None}).validate()
+    data = load_diffusion_data(cfg.dataset, cfg.data_dir, eval_points=2)
+    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train)
+    trainer.load(run.file("checkpoint.pt"))
+    samples = sample(cfg, trainer, args.count, tuple(data.train.shape[1:]), seed=args.seed)
+    torch.save(samples, args.out.with_suffix(".pt"))
+    plot_samples(args.out, samples, data.reference if not data.is_image else None)
+    print(f"{args.count} samples in {args.out} and {args.out.with_suffix('.pt')}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    base = _config(args)
+    grid = parse_grid(args.grid)
+    out = RunFolder(args.out or f"runs/diffusion-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    with connect_ray(args.address, args.num_cpus):
+        trials = sweep(base, grid, out, num_cpus=args.num_cpus)
+    print(out.file("sweep.md").read_text())
+    print(f"best: {trials[0]['trial']}; results in {out.path}/")
+
+
+def add_diffusion_commands(commands, parser_class) -> None:
+    """Register `diffusion train|sample|sweep` under the top-level command parser."""
+    group = commands.add_parser("diffusion", help="DDPM training jobs as Ray tasks").add_subparsers(
+        dest="diffusion_command", required=True, parser_class=parser_class)
+    train = group.add_parser("train", help="train a DDPM (a Ray task), then sample and measure it", description=(
+        "Train a DDPM as one Ray task; the run folder gets checkpoint.pt, metrics.jsonl, loss.png, samples.png "
+        "and summary.json (energy distance and MMD with floor and ceiling for 2-D data)."))
+    _run_flags(train)
+    train.add_argument("--out", help="run folder to create (must be new or empty)")
+    train.add_argument("--resume", help="continue the run in this folder from its last checkpoint, with its own config (--steps may extend it)")
+    _ray_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    samp = group.add_parser("sample", help="draw samples from a trained run's EMA weights")
+    samp.add_argument("--run", required=True, help="a run folder written by `diffusion train`")
+    samp.add_argument("--count", type=int, default=1000, help="number of samples (default 1000)")
+    samp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+    samp.add_argument("--out", type=Path, required=True, help="PNG to write (a .pt with the tensor goes beside it)")
+    _sampler_flags(samp)
+    samp.set_defaults(func=cmd_sample)
+
+    sw = group.add_parser("sweep", help="a grid of configurations as parallel Ray tasks, ranked by quality")
+    _run_flags(sw)
+    sw.add_argument("--grid", action="append", required=True, help="name=v1,v2 (repeatable), e.g. --grid lr=1e-3,2e-3 --grid objective=eps,v")
+    sw.add_argument("--out", help="folder for the trials, sweep.json and sweep.md (must be new or empty)")
+    _ray_flags(sw)
+    sw.set_defaults(func=cmd_sweep)

@@ -1,0 +1,147 @@
+"""One diffusion training run into a run folder: checkpoints while it trains (and `resume` from the
+last one), then samples from the EMA weights, quality metrics with floor and ceiling, plots, summary.
+
+Outputs: `summary.json`, `metrics.jsonl` (loss every `log_every` steps), `loss.png`, `samples.png`,
+`checkpoint.pt` (model, EMA, optimizer, step, RNG state).
+"""
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from dni_pipeline.errors import UserError
+from dni_pipeline.runtime import RunFolder, write_json_atomic
+
+from .datasets import DIFFUSION_DATASETS, DiffusionData, load_diffusion_data
+from .denoisers import MLPDenoiser, UNet
+from .metrics import energy_distance, mmd_rbf, with_floor_and_ceiling
+from .plots import plot_loss, plot_samples
+from .samplers import ddim_sample, ddpm_sample
+from .schedule import OBJECTIVES
+from .trainer import DiffusionTrainConfig, Trainer
+
+__all__ = ["DiffusionRunConfig", "run_diffusion", "sample"]
+
+log = logging.getLogger("dni_pipeline")
+
+
+@dataclass
+class DiffusionRunConfig:
+    dataset: str = "moons"
+    data_dir: str | None = None
+    train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(steps=3000, lr=2e-3, ema_decay=0.995))
+    width: int = 256  # MLP denoiser (2-D data)
+    depth: int = 3
+    unet_widths: list[int] = field(default_factory=lambda: [32, 64])  # UNet (images)
+    attention: bool = True
+    sampler: str = "ddim"  # ddim or ddpm
+    sample_steps: int = 100  # DDIM steps
+    eta: float = 0.0
+    variance: str = "fixed_small"  # DDPM reverse variance: fixed_small or fixed_large
+    eval_samples: int = 2000
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def validate(self) -> "DiffusionRunConfig":
+        checks = [
+            (self.dataset in DIFFUSION_DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DIFFUSION_DATASETS)}"),
+            (self.train.objective in OBJECTIVES, f"unknown objective '{self.train.objective}': use one of {', '.join(OBJECTIVES)}"),
+            (self.train.schedule in ("linear", "cosine"), f"unknown schedule '{self.train.schedule}': use linear or cosine"),
+            (self.sampler in ("ddim", "ddpm"), f"unknown sampler '{self.sampler}': use ddim or ddpm"),
+            (self.variance in ("fixed_small", "fixed_large"), f"unknown variance '{self.variance}': use fixed_small or fixed_large"),
+            (self.train.steps >= 1 and self.train.batch_size >= 1, "--steps and --batch-size must be at least 1"),
+            (1 <= self.sample_steps <= self.train.timesteps, f"--sample-steps must be 1..{self.train.timesteps}"),
+            (self.train.lr > 0 and self.eval_samples >= 2, "--lr must be positive and --eval-samples at least 2"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1, "--checkpoint-every and --log-every must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiffusionRunConfig":
+        values = dict(values)
+        values["train"] = DiffusionTrainConfig(**values["train"])
+        return cls(**values)
+
+
+def build_denoiser(cfg: DiffusionRunConfig, data: DiffusionData) -> torch.nn.Module:
+    torch.manual_seed(cfg.train.seed)
+    if data.is_image:
+        return UNet(channels=data.train.shape[1], widths=tuple(cfg.unet_widths), attention=cfg.attention)
+    return MLPDenoiser(dim=data.train.shape[1], width=cfg.width, depth=cfg.depth)
+
+
+def sample(cfg: DiffusionRunConfig, trainer: Trainer, count: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """`count` samples from the EMA weights with the configured sampler. The predicted x_0 is clipped
+    to the data's range: [-1, 1] for images, 1.5 x the largest coordinate of the training set for
+    2-D data (at large t an eps-model's x_0 divides by sqrt(abar_t) ~ 0.006 and can fly off)."""
+    generator = torch.Generator().manual_seed(seed)
+    clip = 1.0 if len(shape) > 1 else 1.5 * trainer.data.abs().max().item()
+    model = trainer.ema.eval()
+    if cfg.sampler == "ddim":
+        return ddim_sample(model, trainer.schedule, (count, *shape), steps=cfg.sample_steps, eta=cfg.eta,
+                           objective=cfg.train.objective, clip=clip, generator=generator)
+    return ddpm_sample(model, trainer.schedule, (count, *shape), objective=cfg.train.objective,
+                       variance=cfg.variance, clip=clip, generator=generator)
+
+
+def _keep_logged_until(run: RunFolder, step: int) -> None:
+    """On resume, drop log lines past the checkpoint: those steps are trained again."""
+    path = run.file("metrics.jsonl")
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or continue), evaluate and write the run folder; return the summary."""
+    cfg.validate()
+    data = load_diffusion_data(cfg.dataset, cfg.data_dir, seed=cfg.train.seed, eval_points=cfg.eval_samples)
+    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train)
+    checkpoint = run.file("checkpoint.pt")
+    if resume:
+        trainer.load(checkpoint)
+        _keep_logged_until(run, trainer.step)
+        log.info("resumed %s at step %d", run.path, trainer.step)
+    else:
+        run.create()
+        write_json_atomic(run.file("config.json"), cfg.to_dict())
+    start, losses = time.time(), []
+    with run.jsonl("metrics.jsonl") as append, tqdm(total=cfg.train.steps, initial=trainer.step, unit="step",
+                                                    desc=f"ddpm {cfg.dataset}", disable=not progress) as bar:
+        while trainer.step < cfg.train.steps:
+            losses.append(trainer.train_step())
+            bar.update()
+            if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
+                append({"step": trainer.step, "loss": sum(losses) / len(losses)})
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+                losses = []
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.train.steps:
+                trainer.save(checkpoint)
+    train_seconds = time.time() - start
+    summary = {"dataset": cfg.dataset, "steps": trainer.step, "train_seconds": round(train_seconds, 3),
+               "resumed": resume, "objective": cfg.train.objective, "schedule": cfg.train.schedule,
+               "sampler": cfg.sampler, "sample_steps": cfg.sample_steps if cfg.sampler == "ddim" else cfg.train.timesteps}
+    samples = sample(cfg, trainer, cfg.eval_samples, tuple(data.train.shape[1:]), seed=cfg.train.seed + 100)
+    if not data.is_image:
+        noise = torch.Generator().manual_seed(cfg.train.seed + 200)
+        for name, metric in (("energy_distance", energy_distance), ("mmd", mmd_rbf)):
+            scores = with_floor_and_ceiling(metric, samples, data.reference, data.held_out, generator=noise)
+            summary.update({name: round(scores["value"], 6), f"{name}_floor": round(scores["floor"], 6),
+                            f"{name}_ceiling": round(scores["ceiling"], 6)})
+    summary["config"] = cfg.to_dict()
+    plot_loss(run.file("loss.png"), [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()],
+              f"DDPM on {data.name}")
+    plot_samples(run.file("samples.png"), samples, data.reference if not data.is_image else None)
+    run.write_json("summary.json", summary)
+    return summary

@@ -1,0 +1,80 @@
+"""`dni-pipeline diffusion ...`: runs as Ray tasks, resume, sweep, sampling, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from dni_pipeline.cli import main
+from diffusion.jobs import parse_grid
+
+QUICK = ["--dataset", "8gaussians", "--steps", "40", "--batch-size", "64", "--width", "32", "--depth", "1",
+         "--eval-samples", "200", "--sample-steps", "10", "--checkpoint-every", "20"]
+
+
+def _summary(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_train_as_a_ray_task_writes_the_run_folder(ray_session, tmp_path):
+    out = tmp_path / "run"
+    assert main(["diffusion", "train", *QUICK, "--out", str(out)]) == 0
+    summary = _summary(out)
+    assert summary["dataset"] == "8gaussians" and summary["steps"] == 40 and summary["train_seconds"] > 0
+    assert summary["energy_distance_floor"] < summary["energy_distance_ceiling"]
+    assert {"energy_distance", "mmd", "mmd_floor", "mmd_ceiling"} <= summary.keys()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [40]
+    for name in ("loss.png", "samples.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_to_the_same_weights(ray_session, tmp_path):
+    """A run that stopped at step 20 and is resumed to 40 ends where an uninterrupted 40-step run ends."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(["diffusion", "train", *QUICK, "--out", str(straight)]) == 0
+    assert main(["diffusion", "train", *QUICK, "--steps", "20", "--out", str(stopped)]) == 0
+    assert main(["diffusion", "train", "--resume", str(stopped), "--steps", "40"]) == 0
+    assert _summary(stopped)["resumed"] is True and _summary(stopped)["steps"] == 40
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), name
+
+
+def test_sweep_runs_parallel_tasks_and_ranks_them(ray_session, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["diffusion", "sweep", *QUICK, "--grid", "lr=1e-3,3e-3", "--grid", "objective=eps,v",
+                 "--out", str(out)]) == 0
+    trials = json.loads((out / "sweep.json").read_text())
+    assert len(trials) == 4 and {(t["lr"], t["objective"]) for t in trials} == {(1e-3, "eps"), (1e-3, "v"), (3e-3, "eps"), (3e-3, "v")}
+    scores = [t["energy_distance"] for t in trials]
+    assert scores == sorted(scores)
+    assert (out / "sweep.md").read_text().startswith("| trial | lr | objective | energy_distance")
+
+
+def test_sample_from_a_trained_run(ray_session, tmp_path):
+    out = tmp_path / "run"
+    assert main(["diffusion", "train", *QUICK, "--out", str(out)]) == 0
+    assert main(["diffusion", "sample", "--run", str(out), "--count", "50", "--sampler", "ddpm",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert torch.load(tmp_path / "s.pt").shape == (50, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (["train", "--dataset", "moons", "--objective", "score"], "unknown objective 'score'"),
+    (["train", "--resume", "/nonexistent/run"], "nothing to resume in /nonexistent/run"),
+    (["sweep", "--grid", "colour=red"], "bad --grid 'colour=red'"),
+    (["sweep", "--grid", "lr=fast"], "lr takes float values"),
+])
+def test_bad_input(tmp_path, capsys, argv, message):
+    assert main(["diffusion", *argv, "--out", str(tmp_path / "x")] if argv[0] != "train" or "--resume" not in argv
+                else ["diffusion", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_parse_grid_types():
+    assert parse_grid(["steps=10,20", "sampler=ddim,ddpm", "eta=0,0.5"]) == {
+        "steps": [10, 20], "sampler": ["ddim", "ddpm"], "eta": [0.0, 0.5]}
