@@ -44,6 +44,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-attention", action="store_true", help="UNet without self-attention at the lowest resolution")
     _sampler_flags(p)
     p.add_argument("--eval-samples", type=int, help=f"samples drawn to measure quality (default {RUN.eval_samples})")
+    p.add_argument("--nll-images", type=int, help=f"held-out images for the bits/dim bound, T model calls each (default {RUN.nll_images})")
     p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {RUN.checkpoint_every})")
 
 
@@ -65,8 +66,8 @@ def _config(args: argparse.Namespace) -> DiffusionRunConfig:
     given = {k: v for k, v in vars(args).items() if v is not None}
     image = args.dataset not in ("moons", "swiss_roll", "8gaussians")
     train_names = {f.name for f in dataclasses.fields(RUN.train)}
-    train = dataclasses.replace(RUN.train, **(IMAGE_TRAIN if image else {}),
-                                **{k: v for k, v in given.items() if k in train_names})
+    train = dataclasses.replace(RUN.train, **{**(IMAGE_TRAIN if image else {}),
+                                              **{k: v for k, v in given.items() if k in train_names}})
     run_names = {f.name for f in dataclasses.fields(RUN)} - {"train"}
     values = {k: v for k, v in given.items() if k in run_names}
     if "unet_widths" in values:

@@ -19,10 +19,13 @@ DIFFUSION_DATASETS = TOYS + IMAGE_DATASETS
 
 class DiffusionData:
     """`train` to learn from; `reference` and `held_out`, disjoint from it and from each other, to
-    measure samples against (held_out gives the metric's floor)."""
+    measure samples against (held_out gives the metric's floor). Images also carry their training
+    labels, for the classifier whose features the Frechet distance uses."""
 
-    def __init__(self, name: str, train: torch.Tensor, reference: torch.Tensor, held_out: torch.Tensor):
+    def __init__(self, name: str, train: torch.Tensor, reference: torch.Tensor, held_out: torch.Tensor,
+                 train_labels: torch.Tensor | None = None):
         self.name, self.train, self.reference, self.held_out = name, train, reference, held_out
+        self.train_labels = train_labels
 
     @property
     def is_image(self) -> bool:
@@ -38,5 +41,5 @@ def load_diffusion_data(name: str, data_dir: str | None = None, seed: int = 0, e
         to_unit = lambda a: torch.from_numpy(a) * 2.0 - 1.0  # noqa: E731 - [0, 1] -> [-1, 1]
         test = to_unit(data.x_test)
         half = len(test) // 2
-        return DiffusionData(name, to_unit(data.x_train), test[:half], test[half:])
+        return DiffusionData(name, to_unit(data.x_train), test[:half], test[half:], torch.from_numpy(data.y_train))
     raise UserError(f"unknown diffusion dataset '{name}': choose one of {', '.join(DIFFUSION_DATASETS)}")

@@ -26,7 +26,7 @@ log = logging.getLogger("dni_pipeline")
 
 DATASETS = ("mnist", "digits", "synthetic")
 DATA_DIR_ENV = "DNI_PIPELINE_DATA"
-CACHE_DIR = Path.home() / ".cache" / "dni-pipeline"
+CACHE_DIR = Path(os.environ.get("DNI_PIPELINE_CACHE", Path.home() / ".cache" / "dni-pipeline"))
 
 # name -> (magic, md5 of the uncompressed file), from the MNIST distribution.
 MNIST_FILES = {

@@ -1,8 +1,13 @@
 """Shared fixtures: one local Ray for the whole session, and the offline data mirror beside the repo."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Downloads and trained feature classifiers go to a throwaway cache, in this process and in Ray's workers.
+os.environ["DNI_PIPELINE_CACHE"] = tempfile.mkdtemp(prefix="dni-pipeline-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -78,3 +78,14 @@ def test_bad_input(tmp_path, capsys, argv, message):
 def test_parse_grid_types():
     assert parse_grid(["steps=10,20", "sampler=ddim,ddpm", "eta=0,0.5"]) == {
         "steps": [10, 20], "sampler": ["ddim", "ddpm"], "eta": [0.0, 0.5]}
+
+
+@pytest.mark.slow
+def test_image_run_reports_frechet_distance_and_bits_per_dim(ray_session, tmp_path):
+    out = tmp_path / "run"
+    argv = ["diffusion", "train", "--dataset", "digits", "--steps", "10", "--batch-size", "16", "--unet-widths", "8,16",
+            "--timesteps", "20", "--sample-steps", "5", "--eval-samples", "64", "--nll-images", "4", "--out", str(out)]
+    assert main(argv) == 0
+    summary = _summary(out)
+    assert summary["fd_floor"] < summary["fd_ceiling"] and summary["fd"] > 0 and summary["bits_per_dim"] > 0
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"

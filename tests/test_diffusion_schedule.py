@@ -97,3 +97,23 @@ def test_bad_names_are_refused():
         NoiseSchedule("quadratic")
     with pytest.raises(ValueError, match="unknown objective"):
         NoiseSchedule().target("score", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+
+
+def test_bits_per_dim_of_an_oracle_is_the_prior_plus_the_decoder_term():
+    """With the exact x_0 every KL term of the bound is 0, so what is left is the prior KL and the
+    decoder's -log P(bin), both in closed form here."""
+    from diffusion.likelihood import bits_per_dim
+
+    s = NoiseSchedule("linear", 50, beta_start=1e-5, beta_end=0.3)
+    x0 = (torch.randint(0, 256, (3, 1, 4, 4)).double() / 255.0) * 2 - 1
+    oracle = lambda x, t: s.eps_from_x0(x, t, x0)  # noqa: E731
+    abar = s.alphas_cumprod[-1]
+    prior = 0.5 * (-1 - math.log(1 - abar) + (1 - abar) + abar * x0**2)  # KL(N(sqrt(abar) x0, 1-abar) || N(0, 1))
+    sigma = math.sqrt(s.posterior_variance[1])  # the clipped decoder variance at t = 0
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    inside, edge = phi(1 / 255 / sigma) - phi(-1 / 255 / sigma), phi(1 / 255 / sigma)
+    decoder = torch.where(x0.abs() > 0.999, -math.log(edge), -math.log(inside))
+    expected = ((prior + decoder).flatten(1).sum(1) / (16 * math.log(2))).mean().item()
+    got = bits_per_dim(oracle, s, x0, generator=torch.Generator().manual_seed(0))
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got < bits_per_dim(lambda x, t: torch.zeros_like(x), s, x0, generator=torch.Generator().manual_seed(0))

@@ -65,3 +65,14 @@ def test_short_moons_training_lands_far_below_the_noise_ceiling():
     result = with_floor_and_ceiling(energy_distance, samples, sample_toy("moons", 1500, seed=7),
                                     sample_toy("moons", 1500, seed=8), generator=torch.Generator().manual_seed(0))
     assert result["value"] < 0.1 * result["ceiling"], result
+
+
+def test_frechet_distance_closed_form():
+    from diffusion.features import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(20000, 3, generator=g, dtype=torch.float64) * 2 + 1
+    # N(0, I) vs N(1, 4I) in 3 dims: |mu|^2 = 3, Tr(I + 4I - 2 * 2I) = 3
+    assert frechet_distance(a, b) == pytest.approx(6.0, abs=0.1)
+    assert abs(frechet_distance(a, a)) < 1e-9
