@@ -35,6 +35,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, help=f"gradient-norm clip (default {t.grad_clip:g})")
     p.add_argument("--ema-decay", type=float, help=f"EMA decay of the sampled weights (default {t.ema_decay:g} for 2-D, {IMAGE_TRAIN['ema_decay']:g} for images)")
     p.add_argument("--objective", help=f"eps (L_simple), x0 or v (default {t.objective})")
+    p.add_argument("--learn-variance", action="store_true", default=None, help="learn the reverse variance with the hybrid loss L_simple + lambda L_vlb (Improved DDPM)")
+    p.add_argument("--vlb-weight", type=float, help=f"lambda of the hybrid loss (default {t.vlb_weight:g})")
     p.add_argument("--schedule", help=f"linear (1e-4 to 0.02) or cosine (default {t.schedule})")
     p.add_argument("--timesteps", type=int, help=f"T (default {t.timesteps})")
     p.add_argument("--seed", type=int, help=f"seed of weights, batches and noise (default {t.seed})")

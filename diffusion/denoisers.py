@@ -1,6 +1,7 @@
 """Denoisers: an MLP for 2-D points and a small UNet for 1-channel images (28x28 or 8x8).
 
-Both take (x_t, t) with integer t and return a tensor shaped like x_t (eps, x_0 or v by objective).
+Both take (x_t, t) with integer t and return a tensor shaped like x_t (eps, x_0 or v by objective),
+or twice the channels when they also predict their variance (`out_dim` / `out_channels`).
 """
 
 import math
@@ -23,14 +24,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class MLPDenoiser(nn.Module):
     """Residual MLP on (x, embedding(t)) for low-dimensional data."""
 
-    def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, time_dim: int = 64):
+    def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, time_dim: int = 64, out_dim: int | None = None):
         super().__init__()
         self.time_dim = time_dim
         self.time = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(),
                                                   nn.Linear(width, width)) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim or dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.inp(x) + self.time(timestep_embedding(t, self.time_dim))
@@ -73,7 +74,8 @@ class UNet(nn.Module):
     """A small DDPM UNet: `widths` channels per resolution (one down-sampling between levels), two
     residual blocks per level, optional attention at the lowest resolution."""
 
-    def __init__(self, channels: int = 1, widths: tuple[int, ...] = (32, 64), attention: bool = True, groups: int = 8):
+    def __init__(self, channels: int = 1, widths: tuple[int, ...] = (32, 64), attention: bool = True, groups: int = 8,
+                 out_channels: int | None = None):
         super().__init__()
         self.time_dim = 4 * widths[0]
         self.time = nn.Sequential(nn.Linear(widths[0], self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim))
@@ -89,7 +91,7 @@ class UNet(nn.Module):
             self.up.append(nn.ModuleList([_ResBlock(cin + width, width, self.time_dim, groups),
                                            _ResBlock(width, width, self.time_dim, groups)]))
             cin = width
-        self.out = nn.Sequential(nn.GroupNorm(min(groups, cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(min(groups, cin), cin), nn.SiLU(), nn.Conv2d(cin, out_channels or channels, 3, padding=1))
         self.base = widths[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,18 @@ from dni_pipeline.errors import UserError
 from dni_pipeline.runtime import RunFolder
 
 from .run import DiffusionRunConfig, run_diffusion
+from .toys import TOYS
 from .trainer import DiffusionTrainConfig
 
-__all__ = ["submit", "sweep", "parse_grid", "RANK_METRIC"]
+__all__ = ["submit", "sweep", "parse_grid", "rank_metric"]
 
 log = logging.getLogger("dni_pipeline")
 
-RANK_METRIC = "energy_distance"  # lower is better; reported beside its floor and ceiling
+
+
+def rank_metric(dataset: str) -> str:
+    """The quality metric trials are ranked by (lower is better, reported with floor and ceiling)."""
+    return "energy_distance" if dataset in TOYS else "fd"
 
 
 def _train_task(config: dict, run_path: str, resume: bool, threads: int) -> dict:
@@ -59,7 +64,7 @@ def _with(cfg: DiffusionRunConfig, values: dict) -> DiffusionRunConfig:
 
 
 def sweep(base: DiffusionRunConfig, grid: dict[str, list], out: RunFolder, *, num_cpus: float = 1) -> list[dict]:
-    """Every combination of the grid as a parallel Ray task; trials ranked by `RANK_METRIC`."""
+    """Every combination of the grid as a parallel Ray task; trials ranked by `rank_metric`."""
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
     configs = [_with(base, combo) for combo in combos]  # validated before anything runs
@@ -69,9 +74,10 @@ def sweep(base: DiffusionRunConfig, grid: dict[str, list], out: RunFolder, *, nu
     trials = []
     for i, (combo, summary) in enumerate(zip(combos, ray.get(refs))):
         trials.append({"trial": f"trial-{i:03d}", **combo, **{k: v for k, v in summary.items() if k != "config"}})
-    trials.sort(key=lambda t: t.get(RANK_METRIC, float("inf")))
+    metric = rank_metric(base.dataset)
+    trials.sort(key=lambda t: t[metric])
     out.write_json("sweep.json", trials)
-    columns = ["trial", *names, RANK_METRIC, f"{RANK_METRIC}_floor", f"{RANK_METRIC}_ceiling", "train_seconds"]
+    columns = ["trial", *names, metric, f"{metric}_floor", f"{metric}_ceiling", "train_seconds"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(t.get(c, "-")) for c in columns) + " |" for t in trials]
     out.file("sweep.md").write_text("\n".join(lines) + "\n")

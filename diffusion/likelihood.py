@@ -10,7 +10,7 @@ import torch
 
 from .schedule import NoiseSchedule
 
-__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "bits_per_dim"]
+__all__ = ["normal_kl", "discretized_gaussian_log_likelihood", "vlb_term", "bits_per_dim"]
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -35,9 +35,24 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_delta))
 
 
+def vlb_term(schedule: NoiseSchedule, x0, xt, t, model_mean, model_logvar) -> torch.Tensor:
+    """The bound's term for each example's t, elementwise in nats: at t = 0 the decoder's
+    -log p(x_0 | x_1) (discretized for images, a density for 2-D points), else
+    KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))."""
+    true_mean, _, true_logvar = schedule.q_posterior(x0, xt, t)
+    kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar)
+    if x0.dim() == 4:
+        decoder = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
+    else:
+        decoder = 0.5 * (math.log(2 * math.pi) + model_logvar + (x0 - model_mean) ** 2 * torch.exp(-model_logvar))
+    first = (t == 0).reshape(-1, *([1] * (x0.dim() - 1)))
+    return torch.where(first, decoder, kl)
+
+
 @torch.no_grad()
 def bits_per_dim(model, schedule: NoiseSchedule, x0: torch.Tensor, *, objective: str = "eps",
-                 variance: str = "fixed_small", generator: torch.Generator | None = None) -> float:
+                 variance: str = "fixed_small", generator: torch.Generator | None = None,
+                 learned_variance: bool = False) -> float:
     """The bound averaged over the images of `x0` (one model call per timestep), in bits per dimension."""
     log_variances = schedule.posterior_log_variance_clipped if variance == "fixed_small" else schedule.fixed_large_log_variance
     dims = x0[0].numel()
@@ -45,15 +60,10 @@ def bits_per_dim(model, schedule: NoiseSchedule, x0: torch.Tensor, *, objective:
     for step in range(schedule.timesteps):
         t = torch.full((len(x0),), step, dtype=torch.long)
         xt = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
-        predicted = schedule.predict_x0(objective, xt, t, model(xt, t)).clamp(-1.0, 1.0)
-        model_mean, _, _ = schedule.q_posterior(predicted, xt, t)
-        model_logvar = schedule.gather(log_variances, t, xt)
-        if step == 0:
-            term = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
-        else:
-            true_mean, _, true_logvar = schedule.q_posterior(x0, xt, t)
-            term = normal_kl(true_mean, true_logvar, model_mean, model_logvar)
-        total += term.flatten(1).sum(1).double()
+        prediction, learned = schedule.split(model(xt, t), t, learned_variance)
+        model_mean, _, _ = schedule.q_posterior(schedule.predict_x0(objective, xt, t, prediction).clamp(-1.0, 1.0), xt, t)
+        model_logvar = schedule.gather(log_variances, t, xt) if learned is None else learned
+        total += vlb_term(schedule, x0, xt, t, model_mean, model_logvar).flatten(1).sum(1).double()
     last = torch.full((len(x0),), schedule.timesteps - 1, dtype=torch.long)
     prior_mean = schedule.gather(schedule.sqrt_alphas_cumprod, last, x0) * x0
     prior_logvar = torch.log(schedule.gather(1.0 - schedule.alphas_cumprod, last, x0.double())).to(x0.dtype)

@@ -82,9 +82,11 @@ class DiffusionRunConfig:
 
 def build_denoiser(cfg: DiffusionRunConfig, data: DiffusionData) -> torch.nn.Module:
     torch.manual_seed(cfg.train.seed)
+    outputs = 2 if cfg.train.learn_variance else 1  # the variance's channels follow the prediction's
+    channels = data.train.shape[1]
     if data.is_image:
-        return UNet(channels=data.train.shape[1], widths=tuple(cfg.unet_widths), attention=cfg.attention)
-    return MLPDenoiser(dim=data.train.shape[1], width=cfg.width, depth=cfg.depth)
+        return UNet(channels=channels, widths=tuple(cfg.unet_widths), attention=cfg.attention, out_channels=outputs * channels)
+    return MLPDenoiser(dim=channels, width=cfg.width, depth=cfg.depth, out_dim=outputs * channels)
 
 
 def sample(cfg: DiffusionRunConfig, trainer: Trainer, count: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -96,9 +98,10 @@ def sample(cfg: DiffusionRunConfig, trainer: Trainer, count: int, shape: tuple[i
     model = trainer.ema.eval()
     if cfg.sampler == "ddim":
         return ddim_sample(model, trainer.schedule, (count, *shape), steps=cfg.sample_steps, eta=cfg.eta,
-                           objective=cfg.train.objective, clip=clip, generator=generator)
+                           objective=cfg.train.objective, clip=clip, generator=generator,
+                           learned_variance=cfg.train.learn_variance)
     return ddpm_sample(model, trainer.schedule, (count, *shape), objective=cfg.train.objective,
-                       variance=cfg.variance, clip=clip, generator=generator)
+                       variance=cfg.variance, clip=clip, generator=generator, learned_variance=cfg.train.learn_variance)
 
 
 def _keep_logged_until(run: RunFolder, step: int) -> None:
@@ -148,7 +151,7 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
         summary.update(fd=round(scores["value"], 4), fd_floor=round(scores["floor"], 4), fd_ceiling=round(scores["ceiling"], 4))
         summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, data.held_out[: cfg.nll_images],
                                                      objective=cfg.train.objective, variance=cfg.variance,
-                                                     generator=noise), 4)
+                                                     generator=noise, learned_variance=cfg.train.learn_variance), 4)
     else:
         for name, metric in (("energy_distance", energy_distance), ("mmd", mmd_rbf)):
             scores = with_floor_and_ceiling(metric, samples, data.reference, data.held_out, generator=noise)

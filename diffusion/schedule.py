@@ -89,6 +89,20 @@ class NoiseSchedule:
             return a * xt - s * output
         raise ValueError(f"unknown objective '{objective}': use one of {', '.join(OBJECTIVES)}")
 
+    def learned_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Improved DDPM's learned variance (eq. 15): log sigma_t^2 = f log beta_t + (1 - f) log beta~_t,
+        f = (v + 1) / 2, for a model output v (nominally in [-1, 1])."""
+        fraction = (v + 1) / 2
+        return fraction * self.gather(np.log(self.betas), t, v) + (1 - fraction) * self.gather(self.posterior_log_variance_clipped, t, v)
+
+    def split(self, output: torch.Tensor, t: torch.Tensor, learned_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A model output into (prediction, learned log-variance or None): a variance-learning model
+        returns twice the channels, the prediction first."""
+        if not learned_variance:
+            return output, None
+        prediction, v = output.chunk(2, dim=1)
+        return prediction, self.learned_log_variance(v, t)
+
     def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         a, s = self.gather(self.sqrt_alphas_cumprod, t, xt), self.gather(self.sqrt_one_minus_alphas_cumprod, t, xt)
         return (xt - a * x0) / s

@@ -7,6 +7,7 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 
 import copy
 import dataclasses
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .likelihood import vlb_term
 from .schedule import NoiseSchedule
 
 __all__ = ["DiffusionTrainConfig", "Trainer"]
@@ -31,6 +33,8 @@ class DiffusionTrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     objective: str = "eps"  # eps (L_simple), x0 or v
+    learn_variance: bool = False  # Improved DDPM: the model also outputs its variance, trained by the VLB
+    vlb_weight: float = 0.001  # lambda of the hybrid loss L_simple + lambda L_vlb (with learn_variance)
     schedule: str = "linear"
     timesteps: int = 1000
     seed: int = 0
@@ -48,11 +52,21 @@ class Trainer:
         self.step = 0
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """E || target - model(x_t, t) ||^2 with t uniform and x_t from the closed-form q(x_t | x_0)."""
-        t = torch.randint(0, self.schedule.timesteps, (len(x0),), generator=self.generator)
+        """E || target - model(x_t, t) ||^2 with t uniform and x_t from the closed-form q(x_t | x_0);
+        with a learned variance, plus lambda L_vlb, which trains the variance only (the mean's
+        gradient is stopped, as in Improved DDPM)."""
+        s = self.schedule
+        t = torch.randint(0, s.timesteps, (len(x0),), generator=self.generator)
         noise = torch.randn(x0.shape, generator=self.generator)
-        xt = self.schedule.q_sample(x0, t, noise)
-        return F.mse_loss(self.model(xt, t), self.schedule.target(self.cfg.objective, x0, noise, t))
+        xt = s.q_sample(x0, t, noise)
+        prediction, log_variance = s.split(self.model(xt, t), t, self.cfg.learn_variance)
+        loss = F.mse_loss(prediction, s.target(self.cfg.objective, x0, noise, t))
+        if log_variance is None:
+            return loss
+        x0_hat = s.predict_x0(self.cfg.objective, xt, t, prediction.detach())
+        mean, _, _ = s.q_posterior(x0_hat.clamp(-1, 1) if x0.dim() == 4 else x0_hat, xt, t)
+        vlb = vlb_term(s, x0, xt, t, mean, log_variance).flatten(1).mean(1) / math.log(2.0)
+        return loss + self.cfg.vlb_weight * vlb.mean()
 
     def train_step(self) -> float:
         index = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.generator)

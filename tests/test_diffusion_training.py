@@ -76,3 +76,38 @@ def test_frechet_distance_closed_form():
     # N(0, I) vs N(1, 4I) in 3 dims: |mu|^2 = 3, Tr(I + 4I - 2 * 2I) = 3
     assert frechet_distance(a, b) == pytest.approx(6.0, abs=0.1)
     assert abs(frechet_distance(a, a)) < 1e-9
+
+
+def test_learned_variance_interpolates_between_the_two_fixed_variances():
+    from diffusion.schedule import NoiseSchedule
+
+    s = NoiseSchedule("linear", 100)
+    t = torch.tensor([1, 50, 99])
+    low = s.learned_log_variance(-torch.ones(3, 2), t)
+    high = s.learned_log_variance(torch.ones(3, 2), t)
+    torch.testing.assert_close(low[:, 0], torch.tensor(s.posterior_log_variance_clipped[[1, 50, 99]], dtype=torch.float32))
+    torch.testing.assert_close(high[:, 0], torch.log(torch.tensor(s.betas[[1, 50, 99]], dtype=torch.float32)))
+
+
+def test_hybrid_loss_trains_the_variance_and_leaves_the_mean_to_l_simple():
+    """The VLB term's gradient reaches the variance outputs but not the prediction outputs."""
+    grads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = DiffusionTrainConfig(batch_size=64, learn_variance=True, vlb_weight=weight, seed=0)
+        trainer = Trainer(cfg, MLPDenoiser(dim=2, width=32, depth=1, out_dim=4), sample_toy("moons", 256, seed=1))
+        trainer.loss(trainer.data[:64]).backward()
+        grads[weight] = trainer.model.out[1].weight.grad.clone()  # rows 0-1: prediction, rows 2-3: variance
+    torch.testing.assert_close(grads[0.0][:2], grads[1.0][:2])
+    assert not torch.allclose(grads[0.0][2:], grads[1.0][2:])
+    assert torch.count_nonzero(grads[0.0][2:]) == 0  # without the VLB nothing trains the variance
+
+
+def test_ddpm_sampling_with_a_learned_variance():
+    from diffusion.samplers import ddpm_sample
+    from diffusion.schedule import NoiseSchedule
+
+    s = NoiseSchedule("linear", 20)
+    model = MLPDenoiser(dim=2, width=16, depth=1, out_dim=4)
+    out = ddpm_sample(model, s, (10, 2), clip=None, learned_variance=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (10, 2) and torch.isfinite(out).all()
