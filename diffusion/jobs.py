@@ -28,7 +28,9 @@ def rank_metric(dataset: str) -> str:
 
 def _train_task(config: dict, run_path: str, resume: bool, threads: int) -> dict:
     torch.set_num_threads(threads)
-    return run_diffusion(DiffusionRunConfig.from_dict(config), RunFolder(run_path, resume=resume), resume, progress=False)
+    from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
+
+    return run_diffusion(DiffusionRunConfig.from_dict(config), RunFolder(run_path, resume=resume), resume, progress=tqdm)
 
 
 def submit(cfg: DiffusionRunConfig, run_path: str, *, resume: bool = False, num_cpus: float = 1, num_gpus: float = 0):

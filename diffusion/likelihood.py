@@ -56,15 +56,15 @@ def bits_per_dim(model, schedule: NoiseSchedule, x0: torch.Tensor, *, objective:
     """The bound averaged over the images of `x0` (one model call per timestep), in bits per dimension."""
     log_variances = schedule.posterior_log_variance_clipped if variance == "fixed_small" else schedule.fixed_large_log_variance
     dims = x0[0].numel()
-    total = torch.zeros(len(x0), dtype=torch.float64)
+    total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
     for step in range(schedule.timesteps):
-        t = torch.full((len(x0),), step, dtype=torch.long)
-        xt = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
+        t = torch.full((len(x0),), step, dtype=torch.long, device=x0.device)
+        xt = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device))
         prediction, learned = schedule.split(model(xt, t), t, learned_variance)
         model_mean, _, _ = schedule.q_posterior(schedule.predict_x0(objective, xt, t, prediction).clamp(-1.0, 1.0), xt, t)
         model_logvar = schedule.gather(log_variances, t, xt) if learned is None else learned
         total += vlb_term(schedule, x0, xt, t, model_mean, model_logvar).flatten(1).sum(1).double()
-    last = torch.full((len(x0),), schedule.timesteps - 1, dtype=torch.long)
+    last = torch.full((len(x0),), schedule.timesteps - 1, dtype=torch.long, device=x0.device)
     prior_mean = schedule.gather(schedule.sqrt_alphas_cumprod, last, x0) * x0
     prior_logvar = torch.log(schedule.gather(1.0 - schedule.alphas_cumprod, last, x0.double())).to(x0.dtype)
     total += normal_kl(prior_mean, prior_logvar, torch.zeros_like(x0), torch.zeros_like(x0)).flatten(1).sum(1).double()

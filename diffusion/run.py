@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from dni_pipeline.data import CACHE_DIR
 from dni_pipeline.errors import UserError
@@ -48,6 +47,7 @@ class DiffusionRunConfig:
     sample_steps: int = 100  # DDIM steps
     eta: float = 0.0
     variance: str = "fixed_small"  # DDPM reverse variance: fixed_small or fixed_large
+    device: str = "cpu"  # or cuda: model, batches and sampling on that device
     eval_samples: int = 2000
     nll_images: int = 64  # test images for the bits/dim bound (one model call per timestep each batch)
     checkpoint_every: int = 500
@@ -64,6 +64,7 @@ class DiffusionRunConfig:
             (1 <= self.sample_steps <= self.train.timesteps, f"--sample-steps must be 1..{self.train.timesteps}"),
             (self.train.lr > 0 and self.eval_samples >= 2, "--lr must be positive and --eval-samples at least 2"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "--checkpoint-every and --log-every must be at least 1"),
+            (self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda"),
         ]
         for ok, message in checks:
             if not ok:
@@ -112,11 +113,12 @@ def _keep_logged_until(run: RunFolder, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or continue), evaluate and write the run folder; return the summary."""
+def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False, progress=None) -> dict:
+    """Train (or continue), evaluate and write the run folder; return the summary. `progress` is a
+    tqdm-like class for a progress bar (inside a Ray task, ray.experimental.tqdm_ray.tqdm), or None."""
     cfg.validate()
     data = load_diffusion_data(cfg.dataset, cfg.data_dir, seed=cfg.train.seed, eval_points=cfg.eval_samples)
-    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train)
+    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train, device=cfg.device)
     checkpoint = run.file("checkpoint.pt")
     if resume:
         trainer.load(checkpoint)
@@ -126,30 +128,35 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
         run.create()
         write_json_atomic(run.file("config.json"), cfg.to_dict())
     start, losses = time.time(), []
-    with run.jsonl("metrics.jsonl") as append, tqdm(total=cfg.train.steps, initial=trainer.step, unit="step",
-                                                    desc=f"ddpm {cfg.dataset}", disable=not progress) as bar:
+    bar = progress(desc=f"ddpm {cfg.dataset}", total=cfg.train.steps, unit="step") if progress else None
+    if bar:
+        bar.update(trainer.step)
+    with run.jsonl("metrics.jsonl") as append:
         while trainer.step < cfg.train.steps:
             losses.append(trainer.train_step())
-            bar.update()
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
                 append({"step": trainer.step, "loss": sum(losses) / len(losses)})
-                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+                if bar:
+                    bar.update(trainer.step - bar.n)
+                    bar.set_description(f"ddpm {cfg.dataset} loss {sum(losses) / len(losses):.4f}")
                 losses = []
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.train.steps:
                 trainer.save(checkpoint)
+    if bar:
+        bar.close()
     train_seconds = time.time() - start
     summary = {"dataset": cfg.dataset, "steps": trainer.step, "train_seconds": round(train_seconds, 3),
                "resumed": resume, "objective": cfg.train.objective, "schedule": cfg.train.schedule,
                "sampler": cfg.sampler, "sample_steps": cfg.sample_steps if cfg.sampler == "ddim" else cfg.train.timesteps}
-    samples = sample(cfg, trainer, cfg.eval_samples, tuple(data.train.shape[1:]), seed=cfg.train.seed + 100)
+    samples = sample(cfg, trainer, cfg.eval_samples, tuple(data.train.shape[1:]), seed=cfg.train.seed + 100).cpu()
     noise = torch.Generator().manual_seed(cfg.train.seed + 200)
     if data.is_image:
-        net = feature_net(data.name, data.train, data.train_labels, CACHE_DIR)
+        net = feature_net(data.name, data.train, data.train_labels, CACHE_DIR)  # small: on the CPU
         with torch.no_grad():
             fd = lambda x, y: frechet_distance(net.features(x.clamp(-1, 1)), net.features(y))  # noqa: E731
             scores = with_floor_and_ceiling(fd, samples, data.reference, data.held_out[: len(samples)], generator=noise)
         summary.update(fd=round(scores["value"], 4), fd_floor=round(scores["floor"], 4), fd_ceiling=round(scores["ceiling"], 4))
-        summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, data.held_out[: cfg.nll_images],
+        summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, data.held_out[: cfg.nll_images].to(cfg.device),
                                                      objective=cfg.train.objective, variance=cfg.variance,
                                                      generator=noise, learned_variance=cfg.train.learn_variance), 4)
     else:

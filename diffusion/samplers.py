@@ -15,6 +15,12 @@ __all__ = ["ddpm_sample", "ddim_sample", "ddim_timesteps"]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _device(model) -> torch.device:
+    """Where a module's weights live (CPU for plain callables); noise is drawn on the CPU and moved."""
+    parameters = getattr(model, "parameters", None)
+    return next(parameters()).device if parameters else torch.device("cpu")
+
+
 def _x0(schedule, objective, model, x, t, clip: float | None, learned_variance: bool = False):
     """The model's x_0, clamped to [-clip, clip] (the data's range) unless `clip` is None, and its
     learned log-variance (None for a fixed-variance model)."""
@@ -33,14 +39,15 @@ def ddpm_sample(model: Denoiser, schedule: NoiseSchedule, shape: tuple[int, ...]
     if variance not in ("fixed_small", "fixed_large"):
         raise ValueError(f"unknown variance '{variance}': use fixed_small or fixed_large")
     log_variances = schedule.posterior_log_variance_clipped if variance == "fixed_small" else schedule.fixed_large_log_variance
-    x = torch.randn(shape, generator=generator)
+    device = _device(model)
+    x = torch.randn(shape, generator=generator).to(device)
     for step in reversed(range(schedule.timesteps)):
-        t = torch.full((shape[0],), step, dtype=torch.long)
+        t = torch.full((shape[0],), step, dtype=torch.long, device=device)
         x0, learned = _x0(schedule, objective, model, x, t, clip, learned_variance)
         mean, _, _ = schedule.q_posterior(x0, x, t)
         if step > 0:
             log_variance = schedule.gather(log_variances, t, x) if learned is None else learned
-            x = mean + torch.exp(0.5 * log_variance) * torch.randn(shape, generator=generator)
+            x = mean + torch.exp(0.5 * log_variance) * torch.randn(shape, generator=generator).to(device)
         else:
             x = mean
     return x
@@ -60,10 +67,11 @@ def ddim_sample(model: Denoiser, schedule: NoiseSchedule, shape: tuple[int, ...]
     """DDIM on a sub-sequence of steps (Song et al., eq. 12); eta = 0 is deterministic given x_T,
     eta = 1 matches DDPM's posterior variance on the sub-sequence."""
     sequence = ddim_timesteps(schedule.timesteps, steps)
-    x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
+    device = _device(model)
+    x = (torch.randn(shape, generator=generator) if noise is None else noise.clone()).to(device)
     abar = schedule.alphas_cumprod
     for i in reversed(range(len(sequence))):
-        t = torch.full((shape[0],), int(sequence[i]), dtype=torch.long)
+        t = torch.full((shape[0],), int(sequence[i]), dtype=torch.long, device=device)
         x0, _ = _x0(schedule, objective, model, x, t, clip, learned_variance)  # DDIM sets its own variance
         eps = schedule.eps_from_x0(x, t, x0)
         a_t = abar[sequence[i]]
@@ -71,5 +79,5 @@ def ddim_sample(model: Denoiser, schedule: NoiseSchedule, shape: tuple[int, ...]
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         x = np.sqrt(a_prev) * x0 + np.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * torch.randn(shape, generator=generator)
+            x = x + sigma * torch.randn(shape, generator=generator).to(device)
     return x.float()

@@ -43,8 +43,9 @@ class DiffusionTrainConfig:
 class Trainer:
     """Trains `model` to denoise samples of `data` (a tensor of examples, first dimension the batch)."""
 
-    def __init__(self, cfg: DiffusionTrainConfig, model: nn.Module, data: torch.Tensor):
-        self.cfg, self.model, self.data = cfg, model, data
+    def __init__(self, cfg: DiffusionTrainConfig, model: nn.Module, data: torch.Tensor, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.cfg, self.model, self.data = cfg, model.to(self.device), data
         self.schedule = NoiseSchedule(cfg.schedule, cfg.timesteps)
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -56,8 +57,9 @@ class Trainer:
         with a learned variance, plus lambda L_vlb, which trains the variance only (the mean's
         gradient is stopped, as in Improved DDPM)."""
         s = self.schedule
-        t = torch.randint(0, s.timesteps, (len(x0),), generator=self.generator)
-        noise = torch.randn(x0.shape, generator=self.generator)
+        # Drawn on the CPU from the checkpointed generator, whatever the device, so resume is exact.
+        t = torch.randint(0, s.timesteps, (len(x0),), generator=self.generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=self.generator).to(x0.device)
         xt = s.q_sample(x0, t, noise)
         prediction, log_variance = s.split(self.model(xt, t), t, self.cfg.learn_variance)
         loss = F.mse_loss(prediction, s.target(self.cfg.objective, x0, noise, t))
@@ -72,7 +74,7 @@ class Trainer:
         index = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.generator)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
-        loss = self.loss(self.data[index])
+        loss = self.loss(self.data[index].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -105,7 +107,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by `save` (loaded with weights_only: no code is unpickled)."""
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)
         ours = dataclasses.asdict(self.cfg)
         if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in ours.items() if k != "steps"}:
             raise ValueError(f"checkpoint {path} was written with another configuration: resume with the same one "
@@ -113,5 +115,5 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self.step = state["step"]
