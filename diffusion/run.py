@@ -154,7 +154,8 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
         net = feature_net(data.name, data.train, data.train_labels, CACHE_DIR)  # small: on the CPU
         with torch.no_grad():
             fd = lambda x, y: frechet_distance(net.features(x.clamp(-1, 1)), net.features(y))  # noqa: E731
-            scores = with_floor_and_ceiling(fd, samples, data.reference, data.held_out[: len(samples)], generator=noise)
+            n = min(len(samples), len(data.held_out))  # samples and the floor's real images: equal counts
+            scores = with_floor_and_ceiling(fd, samples[:n], data.reference, data.held_out[:n], generator=noise)
         summary.update(fd=round(scores["value"], 4), fd_floor=round(scores["floor"], 4), fd_ceiling=round(scores["ceiling"], 4))
         summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, data.held_out[: cfg.nll_images].to(cfg.device),
                                                      objective=cfg.train.objective, variance=cfg.variance,
