@@ -160,6 +160,7 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
         summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, data.held_out[: cfg.nll_images].to(cfg.device),
                                                      objective=cfg.train.objective, variance=cfg.variance,
                                                      generator=noise, learned_variance=cfg.train.learn_variance), 4)
+        summary["bits_per_dim_ceiling"] = 8.0  # a uniform distribution over the 256 levels of each pixel
     else:
         for name, metric in (("energy_distance", energy_distance), ("mmd", mmd_rbf)):
             scores = with_floor_and_ceiling(metric, samples, data.reference, data.held_out, generator=noise)
