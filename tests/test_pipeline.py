@@ -54,25 +54,26 @@ def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode):
     assert driver.total_steps == 32
 
 
-def _update_ends(result, stage: int) -> list[float]:
-    return sorted(e["end"] for e in result.events if e["stage"] == stage and e["updates"])
+def _update_times(result, stage: int, edge: str) -> list[float]:
+    """Start or end times of the events in which `stage` applied an optimizer update, in order."""
+    return sorted(e[edge] for e in result.events if e["stage"] == stage and e["updates"])
 
 
 @pytest.mark.parametrize("mode", ["dni", "backprop"])
 def test_slow_last_stage_does_not_hold_back_stage_0_in_dni(ray_session, mode):
-    """The last stage sleeps 250 ms per step. In dni, stage 0 has applied a whole window of updates
-    before the last stage finishes its first; locked backprop cannot update stage 0 before it."""
-    window = 4
+    """The last stage sleeps 250 ms before each step's work. In dni, stage 0 has applied a whole
+    window of updates before the last stage finishes its first; in locked backprop every stage-0
+    update starts only after the last stage has slept and sent that step's gradient."""
+    window, delay = 4, 0.25
     cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=3, epochs=1, batch_size=512,
-                      sg_hidden=[32], max_in_flight=window, stage_delay_ms=[0, 0, 250]).validate()
+                      sg_hidden=[32], max_in_flight=window, stage_delay_ms=[0, 0, 1000 * delay]).validate()
     result = run_training(cfg, load_dataset("synthetic", None), progress=False)
-    first, last = _update_ends(result, 0), _update_ends(result, 2)
-    assert len(first) == len(last) == 8
+    assert len(_update_times(result, 0, "end")) == len(_update_times(result, 2, "end")) == 8
     if mode == "dni":
-        assert first[window - 1] < last[0]
+        assert _update_times(result, 0, "end")[window - 1] < _update_times(result, 2, "end")[0]
     else:
-        assert first[0] > last[0]
-        assert all(a > b for a, b in zip(first, last))  # every stage-0 update waits for the last stage
+        first, last = _update_times(result, 0, "start"), _update_times(result, 2, "start")
+        assert all(a > b + delay for a, b in zip(first, last))
 
 
 @pytest.mark.slow
@@ -104,8 +105,8 @@ def test_link_latency_delays_every_message_by_the_amount_asked(ray_session):
         cfg = TrainConfig(mode="backprop", dataset="synthetic", arch="fc16*2", stages=2, epochs=1,
                           link_latency_ms=latency).validate()
         transit[latency] = _median_transit(run_training(cfg, data, progress=False))
-    assert 0.080 <= transit[80.0] < 0.080 + 0.040, transit
-    assert transit[80.0] - transit[0.0] == pytest.approx(0.080, abs=0.015), transit
+    assert 0.080 <= transit[80.0] < 0.080 + 0.050, transit
+    assert transit[80.0] - transit[0.0] == pytest.approx(0.080, abs=0.020), transit
 
 
 def test_a_failing_stage_stops_the_run_naming_the_stage_and_step(ray_session):
