@@ -13,6 +13,7 @@ from .actors import Ledger, StageActor
 from .config import TrainConfig
 from .data import Dataset, batch_order
 from .errors import UserError
+from .runtime import require_resources
 from .stage import LOCKED_MODES, SG_MODES
 
 __all__ = ["PipelineError", "TrainResult", "bubble_formula", "check_capacity", "run_training"]
@@ -36,14 +37,9 @@ class TrainResult:
 
 def check_capacity(cfg: TrainConfig) -> None:
     """Refuse, before any actor starts, a cluster that cannot host one actor per stage."""
-    resources = ray.cluster_resources()
     kind, per_stage = ("GPU", 1.0) if cfg.device == "cuda" else ("CPU", cfg.cpus_per_stage)
-    have, need = resources.get(kind, 0.0), per_stage * cfg.stages
-    if have < need:
-        raise UserError(
-            f"the Ray cluster has {have:g} {kind}s but {cfg.stages} stages need {need:g}: "
-            f"add nodes, use fewer --stages, or lower --cpus-per-stage"
-        )
+    require_resources({kind: per_stage * cfg.stages}, f"{cfg.stages} stages need them; add nodes, use fewer "
+                      "--stages, or lower --cpus-per-stage")
 
 
 class _Driver:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["connect_ray", "RunFolder", "write_json_atomic"]
+__all__ = ["connect_ray", "require_resources", "RunFolder", "write_json_atomic"]
 
 log = logging.getLogger("dni_pipeline")
 
@@ -59,6 +59,16 @@ def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def require_resources(needs: dict[str, float], fix: str) -> None:
+    """Refuse work the connected cluster can never schedule (Ray would leave it pending forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for kind, need in needs.items():
+        if need > have.get(kind, 0.0):
+            raise UserError(f"the Ray cluster has {have.get(kind, 0.0):g} {kind}s but this needs {need:g}: {fix}")
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -136,7 +136,7 @@ def test_bad_config_files(tmp_path, capsys, text, message):
 def test_cluster_too_small_for_the_stages(ray_session, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--cpus-per-stage", "3", "--out", str(out)]) == 2
-    assert "the Ray cluster has 4 CPUs but 2 stages need 6" in capsys.readouterr().err
+    assert "the Ray cluster has 4 CPUs but this needs 6: 2 stages need them" in capsys.readouterr().err
     assert not out.exists()
 
 

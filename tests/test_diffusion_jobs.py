@@ -75,6 +75,14 @@ def test_bad_input(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_task_the_cluster_cannot_schedule_is_refused(ray_session, tmp_path, capsys):
+    assert main(["diffusion", "train", *QUICK, "--num-gpus", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "the Ray cluster has 0 GPUs but this needs 1" in capsys.readouterr().err
+    assert main(["diffusion", "train", *QUICK, "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert "--device cuda needs a GPU for the task: add --num-gpus 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_parse_grid_types():
     assert parse_grid(["steps=10,20", "sampler=ddim,ddpm", "eta=0,0.5"]) == {
         "steps": [10, 20], "sampler": ["ddim", "ddpm"], "eta": [0.0, 0.5]}
