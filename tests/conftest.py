@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SHARED_DATA
+
 # Downloads and trained feature classifiers go to a throwaway cache, in this process and in Ray's workers.
 os.environ["DNI_PIPELINE_CACHE"] = tempfile.mkdtemp(prefix="dni-pipeline-cache-")
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

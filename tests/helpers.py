@@ -1,6 +1,10 @@
 """Helpers shared by test modules."""
 
+from pathlib import Path
+
 import numpy as np
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # the offline mirror beside the repo
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

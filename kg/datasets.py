@@ -1,0 +1,101 @@
+"""Knowledge-graph datasets: TSV triples (head, relation, tail) mapped to integer ids.
+
+The small benchmarks (nations, umls, kinships, countries_s1..s3) ship inside the package; others
+(wn18rr, fb15k237, or any folder with train.txt, valid.txt and test.txt) are read from a data
+directory. Entities and relations are numbered from the training split. Valid and test triples that
+mention an entity or relation never seen in training cannot be scored by an embedding model: they
+are left out of evaluation and counted (`unseen`), as LibKGE does.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dni_pipeline.errors import UserError
+
+__all__ = ["SHIPPED", "KGDataset", "load_kg", "read_triples", "with_reciprocals"]
+
+SHIPPED = ("nations", "umls", "kinships", "countries_s1", "countries_s2", "countries_s3")
+PACKAGE_DATA = Path(__file__).parent / "data"
+DATA_DIR_ENV = "DNI_PIPELINE_DATA"
+SPLITS = ("train", "valid", "test")
+
+
+def read_triples(path: Path) -> list[tuple[str, str, str]]:
+    """Lines of `head<TAB>relation<TAB>tail`; a malformed line is an error naming file and line."""
+    triples = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({exc}): it should be UTF-8 text with one triple per line") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise UserError(f"{path}:{number} is not head<TAB>relation<TAB>tail: fix or remove that line")
+        triples.append(tuple(p.strip() for p in parts))
+    return triples
+
+
+@dataclass
+class KGDataset:
+    name: str
+    entities: list[str]
+    relations: list[str]
+    splits: dict[str, np.ndarray]  # split -> (n, 3) int64 ids; valid/test without unseen triples
+    unseen: dict[str, int] = field(default_factory=dict)  # split -> triples left out (unseen ids)
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entities)
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relations)
+
+    def all_known(self) -> np.ndarray:
+        """Every triple of every split: what the filtered protocol excludes from the ranking."""
+        return np.concatenate([self.splits[s] for s in SPLITS])
+
+
+def with_reciprocals(triples: np.ndarray, num_relations: int) -> np.ndarray:
+    """Each (h, r, t) plus (t, r + R, h): every query becomes a tail query."""
+    inverse = np.stack([triples[:, 2], triples[:, 1] + num_relations, triples[:, 0]], axis=1)
+    return np.concatenate([triples, inverse])
+
+
+def _folder(name: str, data_dir: str | None) -> Path:
+    if name in SHIPPED:
+        return PACKAGE_DATA / name
+    root = data_dir or os.environ.get(DATA_DIR_ENV)
+    candidates = [Path(root) / "kg" / name, Path(root) / name] if root else []
+    for folder in candidates:
+        if (folder / "train.txt").is_file():
+            return folder
+    where = root or f"${DATA_DIR_ENV} (unset)"
+    raise UserError(f"dataset '{name}' not found in {where}: point --data-dir at a folder holding "
+                    f"{name}/train.txt, valid.txt and test.txt (shipped: {', '.join(SHIPPED)})")
+
+
+def load_kg(name: str, data_dir: str | None = None) -> KGDataset:
+    folder = _folder(name, data_dir)
+    raw = {}
+    for split in SPLITS:
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            raise UserError(f"{path} is missing: a dataset folder needs train.txt, valid.txt and test.txt")
+        raw[split] = read_triples(path)
+    entities = sorted({x for h, _, t in raw["train"] for x in (h, t)})
+    relations = sorted({r for _, r, _ in raw["train"]})
+    entity_id = {e: i for i, e in enumerate(entities)}
+    relation_id = {r: i for i, r in enumerate(relations)}
+    splits, unseen = {}, {}
+    for split, triples in raw.items():
+        kept = [(entity_id[h], relation_id[r], entity_id[t]) for h, r, t in triples
+                if h in entity_id and t in entity_id and r in relation_id]
+        unseen[split] = len(triples) - len(kept)
+        splits[split] = np.array(kept, dtype=np.int64).reshape(-1, 3)
+    return KGDataset(name, entities, relations, splits, unseen)
