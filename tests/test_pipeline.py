@@ -115,9 +115,9 @@ def test_a_failing_stage_stops_the_run_naming_the_stage_and_step(ray_session):
 
     data = load_dataset("synthetic", None)
     broken = Dataset("synthetic", data.x_train, np.full_like(data.y_train, 99), data.x_test, data.y_test, 10)
-    # No SG probes: a probe of step 0 would fail at stage 1 as well, and the ledger (an async actor)
-    # does not order the two reports.
+    # Every step in flight fails at stage 1, and the ledger (an async actor) does not order their
+    # reports, so the step named is one of those in flight. No SG probes: they would fail too.
     cfg = TrainConfig(mode="dni", dataset="synthetic", arch="fc16*2", stages=2, epochs=1, sg_hidden=[8],
-                      sg_probe_every=0).validate()
-    with pytest.raises(PipelineError, match="stage 1 failed on forward of step 0"):
+                      sg_probe_every=0, max_in_flight=4).validate()
+    with pytest.raises(PipelineError, match="stage 1 failed on forward of step [0-3]:"):
         run_training(cfg, broken, progress=False)
