@@ -3,13 +3,13 @@ quality is measured offline (no Inception weights). The classifier is trained on
 cached; its penultimate layer (128 units) is the feature space."""
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dni_pipeline.runtime import atomic_path
 
 __all__ = ["FeatureNet", "feature_net", "frechet_distance"]
 
@@ -54,10 +54,8 @@ def feature_net(name: str, images: torch.Tensor, labels: torch.Tensor, cache_dir
             loss.backward()
             optimizer.step()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
     return net.eval()
 
 

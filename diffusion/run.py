@@ -17,7 +17,7 @@ import torch
 
 from dni_pipeline.data import CACHE_DIR
 from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import RunFolder, write_json_atomic
+from dni_pipeline.runtime import RunFolder, atomic_path, write_json_atomic
 
 from .datasets import DIFFUSION_DATASETS, DiffusionData, load_diffusion_data
 from .denoisers import MLPDenoiser, UNet
@@ -110,7 +110,8 @@ def _keep_logged_until(run: RunFolder, step: int) -> None:
     path = run.file("metrics.jsonl")
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False, progress=None) -> dict:

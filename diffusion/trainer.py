@@ -8,14 +8,14 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 import copy
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dni_pipeline.runtime import atomic_path
 
 from .likelihood import vlb_term
 from .schedule import NoiseSchedule
@@ -95,15 +95,9 @@ class Trainer:
                 "generator": self.generator.get_state()}
 
     def save(self, path: Path) -> None:
-        """Write to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        """Atomically: a crash never leaves half a checkpoint in place of the last good one."""
+        with atomic_path(path) as tmp:
             torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by `save` (loaded with weights_only: no code is unpickled)."""

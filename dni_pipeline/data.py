@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .runtime import atomic_path
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "batch_order", "read_idx", "download_mnist", "resolve_data_dir"]
 
@@ -121,17 +121,14 @@ def download_mnist(target: Path) -> None:
             continue
         for mirror in MNIST_MIRRORS:
             log.info("downloading %s%s.gz", mirror, name)
-            fd, tmp = tempfile.mkstemp(dir=target, suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name + ".gz", timeout=60) as src:
-                    shutil.copyfileobj(src, out)
-                read_idx(Path(tmp), magic, md5)
-                os.replace(tmp, final)
+                with atomic_path(final) as tmp:  # renamed into place only once verified
+                    with open(tmp, "wb") as out, urllib.request.urlopen(mirror + name + ".gz", timeout=60) as src:
+                        shutil.copyfileobj(src, out)
+                    read_idx(tmp, magic, md5)
                 break
             except (OSError, UserError) as exc:
                 log.warning("mirror %s failed for %s: %s", mirror, name, exc)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         else:
             raise UserError(f"could not download {name}.gz from any mirror: check the network or copy the files into {target}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["connect_ray", "require_resources", "RunFolder", "write_json_atomic"]
+__all__ = ["atomic_path", "connect_ray", "require_resources", "RunFolder", "write_json_atomic"]
 
 log = logging.getLogger("dni_pipeline")
 
@@ -71,17 +71,22 @@ def require_resources(needs: dict[str, float], fix: str) -> None:
             raise UserError(f"the Ray cluster has {have.get(kind, 0.0):g} {kind}s but this needs {need:g}: {fix}")
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds,
+    so readers never see half a file and a crash leaves the previous file in place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 class RunFolder:

@@ -75,3 +75,19 @@ def test_batch_order_is_seeded_and_drops_the_partial_batch():
     assert len(np.unique(np.concatenate(a))) == 960
     assert all(np.array_equal(x, y) for x, y in zip(a, batch_order(1000, 64, epoch=0, seed=1)))
     assert not np.array_equal(a[0], batch_order(1000, 64, epoch=1, seed=1)[0])
+
+
+def test_download_verifies_and_leaves_nothing_partial(tmp_path, monkeypatch, mnist_dir):
+    from dni_pipeline.data import download_mnist
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in MNIST_FILES:
+        (corrupt / f"{name}.gz").write_bytes(b"not an idx file")
+    monkeypatch.setattr("dni_pipeline.data.MNIST_MIRRORS", (corrupt.as_uri() + "/",))
+    with pytest.raises(UserError, match="could not download train-images-idx3-ubyte.gz from any mirror"):
+        download_mnist(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setattr("dni_pipeline.data.MNIST_MIRRORS", (corrupt.as_uri() + "/", mnist_dir.as_uri() + "/"))
+    download_mnist(tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(f"{n}.gz" for n in MNIST_FILES)
