@@ -2,13 +2,12 @@
 parallel tasks and ranked by sample quality."""
 
 import dataclasses
-import itertools
 import logging
 
 import ray
 import torch
 
-from dni_pipeline.errors import UserError
+from dni_pipeline import sweeps
 from dni_pipeline.runtime import RunFolder
 
 from .run import DiffusionRunConfig, run_diffusion
@@ -41,22 +40,7 @@ def submit(cfg: DiffusionRunConfig, run_path: str, *, resume: bool = False, num_
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """`name=v1,v2` items into {name: [typed values]}; names are fields of the run or training config."""
-    fields = {f.name: f for f in dataclasses.fields(DiffusionTrainConfig)}
-    fields.update({f.name: f for f in dataclasses.fields(DiffusionRunConfig) if f.name != "train"})
-    grid = {}
-    for item in items:
-        name, _, values = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if name not in fields or not values:
-            raise UserError(f"bad --grid '{item}': use name=v1,v2 with a name among {', '.join(sorted(fields))}")
-        kind = {int: int, float: float, str: str}.get(fields[name].type)
-        if kind is None:
-            raise UserError(f"--grid cannot vary '{name}' (not a number or a word)")
-        try:
-            grid[name] = [kind(v) for v in values.split(",")]
-        except ValueError:
-            raise UserError(f"bad value in --grid '{item}': {name} takes {kind.__name__} values") from None
-    return grid
+    return sweeps.parse_grid(items, sweeps.config_fields(DiffusionTrainConfig, DiffusionRunConfig))
 
 
 def _with(cfg: DiffusionRunConfig, values: dict) -> DiffusionRunConfig:
@@ -68,7 +52,7 @@ def _with(cfg: DiffusionRunConfig, values: dict) -> DiffusionRunConfig:
 def sweep(base: DiffusionRunConfig, grid: dict[str, list], out: RunFolder, *, num_cpus: float = 1) -> list[dict]:
     """Every combination of the grid as a parallel Ray task; trials ranked by `rank_metric`."""
     names = list(grid)
-    combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    combos = sweeps.combinations(grid)
     configs = [_with(base, combo) for combo in combos]  # validated before anything runs
     out.create()
     refs = [submit(cfg, str(out.file(f"trial-{i:03d}")), num_cpus=num_cpus) for i, cfg in enumerate(configs)]
@@ -80,7 +64,5 @@ def sweep(base: DiffusionRunConfig, grid: dict[str, list], out: RunFolder, *, nu
     trials.sort(key=lambda t: t[metric])
     out.write_json("sweep.json", trials)
     columns = ["trial", *names, metric, f"{metric}_floor", f"{metric}_ceiling", "train_seconds"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(t.get(c, "-")) for c in columns) + " |" for t in trials]
-    out.file("sweep.md").write_text("\n".join(lines) + "\n")
+    out.file("sweep.md").write_text(sweeps.markdown_table(trials, columns))
     return trials

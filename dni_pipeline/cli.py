@@ -12,6 +12,11 @@ import ray
 from diffusion.cli import add_diffusion_commands
 from diffusion.jobs import submit as submit_diffusion
 from diffusion.run import DiffusionRunConfig
+from kg.cli import add_kg_commands
+from kg.jobs import submit as submit_kg
+from kg.presets import preset as kg_preset
+from kg.run import KGRunConfig
+from kg.training import KGTrainConfig
 
 from .bench import BenchConfig, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
@@ -27,6 +32,7 @@ __all__ = ["main"]
 log = logging.getLogger("dni_pipeline")
 
 DEMO_DIFFUSION = DiffusionRunConfig(dataset="moons")  # the tuned 2-D defaults
+DEMO_KG = KGRunConfig(dataset="umls", train=KGTrainConfig(**kg_preset("umls", "complex")))
 
 SUMMARY_COLUMNS = [
     ("mode", "mode"), ("stages", "K"), ("epochs", "epochs"), ("test_accuracy", "test acc"),
@@ -114,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="local multi-process demo: dni and backprop on the same stage actors", description=(
         "Start a local Ray, train a K-stage pipeline in dni mode and then in backprop mode with the same "
-        "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits."))
+        "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits. A DDPM "
+        "(two moons) and a KG completion job (ComplEx on UMLS) run beside it as Ray tasks on the same cluster."))
     _add_stages_and_epochs(demo)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     add_diffusion_commands(commands, _Parser)
+    add_kg_commands(commands, _Parser)
     return parser
 
 
@@ -188,16 +196,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     root = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     runs = [RunFolder(root / cfg.mode) for cfg in configs]
     diffusion_run = RunFolder(root / "diffusion-moons")
+    kg_run = RunFolder(root / "kg-umls")
     data = load_dataset(dataset, args.data_dir, seed=configs[0].seed)
     summaries = []
-    # One CPU more than the stages need: the diffusion task trains beside the pipeline, on the same Ray.
-    with connect_ray(args.address, configs[0].stages * configs[0].cpus_per_stage + 1):
+    # Two CPUs more than the stages need: the diffusion and KG tasks train beside the pipeline, on the same Ray.
+    with connect_ray(args.address, configs[0].stages * configs[0].cpus_per_stage + 2):
         log.info("diffusion: DDPM on two moons as a Ray task beside the pipeline (%s)", diffusion_run.path)
         diffusion = submit_diffusion(DEMO_DIFFUSION, str(diffusion_run.path), num_cpus=1)
+        log.info("kg: ComplEx on UMLS as a Ray task beside the pipeline (%s)", kg_run.path)
+        kg = submit_kg(DEMO_KG, str(kg_run.path), num_cpus=1)
         for cfg, run in zip(configs, runs):
             check_capacity(cfg)
             summaries.append(_train_one(cfg, data, run, not args.no_progress))
-        ddpm = ray.get(diffusion)
+        ddpm, kg_summary = ray.get([diffusion, kg])
     print(format_table(summaries, SUMMARY_COLUMNS))
     dni, backprop = summaries
     print(f"dni / backprop throughput: {dni['samples_per_sec'] / backprop['samples_per_sec']:.2f}x; "
@@ -205,6 +216,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "(the diffusion task shared the cores while they ran)")
     print(f"diffusion (two moons, {ddpm['steps']} steps): energy distance {ddpm['energy_distance']:.4f} "
           f"(floor {ddpm['energy_distance_floor']:.4f}, ceiling {ddpm['energy_distance_ceiling']:.4f})")
+    print(f"kg (ComplEx on UMLS, {kg_summary['epochs']} epochs): filtered test MRR {kg_summary['test']['mrr']:.4f} "
+          f"(random {kg_summary['test']['random_mrr']:.4f}), hits@10 {kg_summary['test']['hits@10']:.4f}")
     print(f"results in {root}/")
 
 

@@ -127,11 +127,11 @@ def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(known)}")
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and k in known}}
     for key, value in merged.items():
-        _check_type(key, value, TrainConfig.__annotations__[key])
+        check_type(key, value, TrainConfig.__annotations__[key])
     return TrainConfig(**merged).validate()
 
 
-def _check_type(key: str, value, annotation: str) -> None:
+def check_type(key: str, value, annotation: str) -> None:
     """Config files are untyped: reject a value whose type does not fit the field."""
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     ok = (

@@ -3,8 +3,9 @@
 The small benchmarks (nations, umls, kinships, countries_s1..s3) ship inside the package; others
 (wn18rr, fb15k237, or any folder with train.txt, valid.txt and test.txt) are read from a data
 directory. Entities and relations are numbered from the training split. Valid and test triples that
-mention an entity or relation never seen in training cannot be scored by an embedding model: they
-are left out of evaluation and counted (`unseen`), as LibKGE does.
+mention an entity or relation never seen in training cannot be scored by an embedding model: by
+default they are left out of evaluation and counted (`unseen`), as LibKGE does; the `error` policy
+refuses such a dataset instead.
 """
 
 import os
@@ -21,6 +22,7 @@ SHIPPED = ("nations", "umls", "kinships", "countries_s1", "countries_s2", "count
 PACKAGE_DATA = Path(__file__).parent / "data"
 DATA_DIR_ENV = "DNI_PIPELINE_DATA"
 SPLITS = ("train", "valid", "test")
+UNSEEN_POLICIES = ("drop", "error")
 
 
 def read_triples(path: Path) -> list[tuple[str, str, str]]:
@@ -47,6 +49,7 @@ class KGDataset:
     relations: list[str]
     splits: dict[str, np.ndarray]  # split -> (n, 3) int64 ids; valid/test without unseen triples
     unseen: dict[str, int] = field(default_factory=dict)  # split -> triples left out (unseen ids)
+    regions: list[str] = field(default_factory=list)  # Countries: the candidate answers of its protocol
 
     @property
     def num_entities(self) -> int:
@@ -80,7 +83,11 @@ def _folder(name: str, data_dir: str | None) -> Path:
                     f"{name}/train.txt, valid.txt and test.txt (shipped: {', '.join(SHIPPED)})")
 
 
-def load_kg(name: str, data_dir: str | None = None) -> KGDataset:
+def load_kg(name: str, data_dir: str | None = None, unseen_policy: str = "drop") -> KGDataset:
+    """Read a dataset; `unseen_policy` says what valid/test triples with an entity or relation absent
+    from train do: `drop` (left out of evaluation and counted) or `error` (refuse the dataset)."""
+    if unseen_policy not in UNSEEN_POLICIES:
+        raise UserError(f"unknown unseen policy '{unseen_policy}': use {' or '.join(UNSEEN_POLICIES)}")
     folder = _folder(name, data_dir)
     raw = {}
     for split in SPLITS:
@@ -88,6 +95,8 @@ def load_kg(name: str, data_dir: str | None = None) -> KGDataset:
         if not path.is_file():
             raise UserError(f"{path} is missing: a dataset folder needs train.txt, valid.txt and test.txt")
         raw[split] = read_triples(path)
+        if not raw[split]:
+            raise UserError(f"{path} holds no triples: every split needs at least one head<TAB>relation<TAB>tail line")
     entities = sorted({x for h, _, t in raw["train"] for x in (h, t)})
     relations = sorted({r for _, r, _ in raw["train"]})
     entity_id = {e: i for i, e in enumerate(entities)}
@@ -96,6 +105,15 @@ def load_kg(name: str, data_dir: str | None = None) -> KGDataset:
     for split, triples in raw.items():
         kept = [(entity_id[h], relation_id[r], entity_id[t]) for h, r, t in triples
                 if h in entity_id and t in entity_id and r in relation_id]
+        if unseen_policy == "error" and len(kept) < len(triples):
+            h, r, t = next(x for x in triples if not (x[0] in entity_id and x[2] in entity_id and x[1] in relation_id))
+            raise UserError(f"{folder / split}.txt has ({h}, {r}, {t}), whose entity or relation never occurs in "
+                            f"train.txt: add it to train or use --unseen drop to leave such triples out and count them")
         unseen[split] = len(triples) - len(kept)
         splits[split] = np.array(kept, dtype=np.int64).reshape(-1, 3)
-    return KGDataset(name, entities, relations, splits, unseen)
+    regions_file = folder / "regions.list"
+    regions = regions_file.read_text(encoding="utf-8").split() if regions_file.is_file() else []
+    missing = [r for r in regions if r not in entity_id]
+    if missing:
+        raise UserError(f"{regions_file} names {', '.join(missing)}, not entities of train.txt: fix the file")
+    return KGDataset(name, entities, relations, splits, unseen, regions)

@@ -41,7 +41,7 @@ class AnswerIndex:
 def filtered_ranks(score_tails: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
                    score_triples: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                    queries: np.ndarray, index: AnswerIndex, num_entities: int, *, batch_size: int = 256,
-                   chunk_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                   chunk_size: int = 8192, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Optimistic and pessimistic filtered ranks of the true tails of `queries` (rows entity, relation,
     tail). `score_tails(entities, relations, start, stop)` scores candidate tails start..stop-1, shape
     (batch, stop - start), as a new tensor (it is overwritten in place); `score_triples(entities,
@@ -50,29 +50,30 @@ def filtered_ranks(score_tails: Callable[[torch.Tensor, torch.Tensor, int, int],
     pessimistic = np.empty(len(queries), dtype=np.int64)
     for begin in range(0, len(queries), batch_size):
         batch = queries[begin:begin + batch_size]
-        entities, relations = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
-        tails = torch.from_numpy(batch[:, 2])
+        entities, relations, tails = torch.from_numpy(batch).to(device).T
         true_scores = score_triples(entities, relations, tails)
-        # Known answers other than the true one: (row, entity) pairs to exclude from the counts.
+        # Known answers and the true one: (row, entity) pairs left out of the counts. The true answer
+        # is compared through `true_scores` only: its entry in the score matrix may differ in the
+        # last bit (another summation order) and must count neither above nor equal.
         rows, cols = [], []
         for i, (e, r, t) in enumerate(batch):
             known = index.of(int(e), int(r))
-            known = known[known != t]
-            rows.append(np.full(len(known), i))
-            cols.append(known)
+            excluded = np.append(known[known != t], t)
+            rows.append(np.full(len(excluded), i))
+            cols.append(excluded)
         rows, cols = np.concatenate(rows), np.concatenate(cols)
-        above = torch.zeros(len(batch), dtype=torch.long)
-        equal = torch.zeros(len(batch), dtype=torch.long)
+        above = torch.zeros(len(batch), dtype=torch.long, device=device)
+        equal = torch.zeros(len(batch), dtype=torch.long, device=device)
         for start in range(0, num_entities, chunk_size):
             stop = min(start + chunk_size, num_entities)
             scores = score_tails(entities, relations, start, stop)
             in_chunk = (cols >= start) & (cols < stop)
-            scores[torch.from_numpy(rows[in_chunk]), torch.from_numpy(cols[in_chunk] - start)] = float("-inf")
+            masked = torch.from_numpy(rows[in_chunk]).to(device), torch.from_numpy(cols[in_chunk] - start).to(device)
+            scores[masked] = float("-inf")
             above += (scores > true_scores[:, None]).sum(1)
             equal += (scores == true_scores[:, None]).sum(1)
-        equal -= 1  # the true answer itself
-        optimistic[begin:begin + len(batch)] = (above + 1).numpy()
-        pessimistic[begin:begin + len(batch)] = (above + equal + 1).numpy()
+        optimistic[begin:begin + len(batch)] = (above + 1).cpu().numpy()
+        pessimistic[begin:begin + len(batch)] = (above + equal + 1).cpu().numpy()
     return optimistic, pessimistic
 
 

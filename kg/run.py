@@ -1,0 +1,163 @@
+"""One KG completion run into a run folder: train with early stopping on validation MRR, checkpoint
+every epoch (and `resume` from the last one), then evaluate the best model on valid and test.
+
+Outputs: `summary.json`, `metrics.jsonl` (loss per epoch, validation metrics when measured),
+`curves.png`, `config.json`, `checkpoint.pt` (model, optimizer, best model, counters; loaded with
+weights_only).
+"""
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dni_pipeline.errors import UserError
+from dni_pipeline.runtime import RunFolder, atomic_path, write_json_atomic
+
+from .datasets import KGDataset, load_kg, with_reciprocals
+from .evaluate import answer_index, evaluate, random_mrr, region_auc_pr
+from .models import KGModel, build_model
+from .plots import plot_curves
+from .training import KGTrainConfig, make_optimizer, train_epoch
+
+__all__ = ["KGRunConfig", "load_trained", "run_kg"]
+
+log = logging.getLogger("dni_pipeline")
+
+
+@dataclass
+class KGRunConfig:
+    dataset: str = "nations"
+    data_dir: str | None = None
+    unseen: str = "drop"  # valid/test triples with entities or relations unseen in train: drop or error
+    train: KGTrainConfig = field(default_factory=KGTrainConfig)
+    device: str = "cpu"  # or cuda
+    eval_batch_size: int = 256  # queries scored per matrix product
+    chunk_size: int = 8192  # candidate entities per matrix product (bounds memory)
+
+    def validate(self) -> "KGRunConfig":
+        problems = self.train.problems()
+        if self.device not in ("cpu", "cuda"):
+            problems.append(f"invalid device '{self.device}': use cpu or cuda")
+        if self.eval_batch_size < 1 or self.chunk_size < 1:
+            problems.append("--eval-batch-size and --chunk-size must be at least 1")
+        if problems:
+            raise UserError(problems[0])
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "KGRunConfig":
+        values = dict(values)
+        values["train"] = KGTrainConfig(**values["train"])
+        return cls(**values)
+
+
+def _build(cfg: KGRunConfig, data: KGDataset) -> KGModel:
+    t = cfg.train
+    return build_model(t.model, data.num_entities, data.num_relations, dim=t.dim, init_scale=t.init_scale,
+                       gamma=t.gamma, p_norm=t.p_norm, seed=t.seed).to(cfg.device)
+
+
+def load_trained(run: RunFolder) -> tuple[KGRunConfig, KGDataset, KGModel]:
+    """A finished (or interrupted) run's config, dataset and best model so far."""
+    cfg = KGRunConfig.from_dict(json.loads(run.file("config.json").read_text()))
+    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen)
+    model = _build(cfg, data)
+    state = torch.load(run.file("checkpoint.pt"), map_location=cfg.device, weights_only=True)
+    model.load_state_dict(state["best_model"] or state["model"])
+    return cfg, data, model.eval()
+
+
+def _keep_logged_until(run: RunFolder, epoch: int) -> None:
+    """On resume, drop log lines past the checkpoint: those epochs are trained again."""
+    path = run.file("metrics.jsonl")
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None) -> dict:
+    """Train (or continue), evaluate and write the run folder; return the summary. `progress` is a
+    tqdm-like class (inside a Ray task, ray.experimental.tqdm_ray.tqdm) or None."""
+    cfg.validate()
+    t = cfg.train
+    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen)
+    index = answer_index(data)
+    train_triples = with_reciprocals(data.splits["train"], data.num_relations)
+    model = _build(cfg, data)
+    optimizer = make_optimizer(t, model)
+    state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "bad_evals": 0, "stopped": False, "train_seconds": 0.0}
+    best_model = None
+    checkpoint = run.file("checkpoint.pt")
+    if resume:
+        saved = torch.load(checkpoint, map_location=cfg.device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best_model, state = saved["best_model"], saved["state"]
+        _keep_logged_until(run, state["epoch"])
+        log.info("resumed %s at epoch %d", run.path, state["epoch"])
+    else:
+        run.create()
+        write_json_atomic(run.file("config.json"), cfg.to_dict())
+    log.info("kg %s: %d entities, %d relations, %d train triples (x2 with reciprocals); %s trained %s",
+             data.name, data.num_entities, data.num_relations, len(data.splits["train"]), t.model, t.loss_kind)
+    bar = progress(desc=f"kg {t.model} {data.name}", total=t.epochs, unit="epoch") if progress else None
+    if bar:
+        bar.update(state["epoch"])
+    with run.jsonl("metrics.jsonl") as append:
+        while state["epoch"] < t.epochs and not state["stopped"]:
+            start = time.time()
+            loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device)
+            state["train_seconds"] += time.time() - start
+            state["epoch"] += 1
+            if not np.isfinite(loss):
+                raise UserError(f"the training loss became {loss} at epoch {state['epoch']}: lower --lr")
+            record = {"epoch": state["epoch"], "loss": loss}
+            if state["epoch"] % t.eval_every == 0 or state["epoch"] == t.epochs:
+                valid = evaluate(model, data, "valid", index, batch_size=cfg.eval_batch_size, chunk_size=cfg.chunk_size)
+                record.update({f"valid_{k}": valid[k] for k in ("mrr", "hits@1", "hits@10")})
+                if valid["mrr"] > state["best_mrr"]:
+                    state.update(best_mrr=valid["mrr"], best_epoch=state["epoch"], bad_evals=0)
+                    best_model = copy.deepcopy(model.state_dict())
+                else:
+                    state["bad_evals"] += 1
+                    state["stopped"] = state["bad_evals"] >= t.patience
+            append(record)
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "best_model": best_model, "state": state}, tmp)
+            if bar:
+                bar.update(1)
+                bar.set_description(f"kg {t.model} {data.name} loss {loss:.4f} valid mrr {state['best_mrr']:.3f}")
+    if bar:
+        bar.close()
+    if best_model is not None:
+        model.load_state_dict(best_model)
+    results = {}
+    for split in ("valid", "test"):
+        start = time.time()
+        results[split] = evaluate(model, data, split, index, batch_size=cfg.eval_batch_size, chunk_size=cfg.chunk_size)
+        results[split]["random_mrr"] = random_mrr(data, split, index)
+        if data.regions:
+            results[split]["auc_pr"] = region_auc_pr(model, data, split)
+        results[split]["eval_seconds"] = round(time.time() - start, 3)
+    summary = {"dataset": data.name, "model": t.model, "loss": t.loss_kind, "dim": t.dim,
+               "entities": data.num_entities, "relations": data.num_relations,
+               "triples": {s: len(x) for s, x in data.splits.items()}, "unseen": data.unseen,
+               "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped"],
+               "valid": results["valid"], "test": results["test"],
+               "train_seconds": round(state["train_seconds"], 3), "eval_seconds": results["test"]["eval_seconds"],
+               "resumed": resume, "config": cfg.to_dict()}
+    run.write_json("summary.json", summary)
+    records = [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()]
+    plot_curves(run.file("curves.png"), records, f"{t.model} on {data.name}")
+    return summary
