@@ -19,6 +19,7 @@ from kg.run import KGRunConfig
 from kg.training import KGTrainConfig
 
 from .bench import BenchConfig, run_bench
+from .cluster_cli import add_cluster_commands
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
 from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
 from .errors import UserError
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_diffusion_commands(commands, _Parser)
     add_kg_commands(commands, _Parser)
+    add_cluster_commands(commands, _Parser)
     return parser
 
 

@@ -10,15 +10,13 @@ import gzip
 import hashlib
 import logging
 import os
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .runtime import atomic_path
+from .runtime import fetch_verified
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "batch_order", "read_idx", "download_mnist", "resolve_data_dir"]
 
@@ -114,23 +112,11 @@ def find_mnist(data_dir: Path | None) -> dict[str, Path] | None:
 
 def download_mnist(target: Path) -> None:
     """Fetch the four files into `target` (atomically, verified) from the first mirror that answers."""
-    target.mkdir(parents=True, exist_ok=True)
     for name, (magic, md5) in MNIST_FILES.items():
         final = target / f"{name}.gz"
-        if final.exists():
-            continue
-        for mirror in MNIST_MIRRORS:
-            log.info("downloading %s%s.gz", mirror, name)
-            try:
-                with atomic_path(final) as tmp:  # renamed into place only once verified
-                    with open(tmp, "wb") as out, urllib.request.urlopen(mirror + name + ".gz", timeout=60) as src:
-                        shutil.copyfileobj(src, out)
-                    read_idx(tmp, magic, md5)
-                break
-            except (OSError, UserError) as exc:
-                log.warning("mirror %s failed for %s: %s", mirror, name, exc)
-        else:
-            raise UserError(f"could not download {name}.gz from any mirror: check the network or copy the files into {target}")
+        if not final.exists():
+            fetch_verified([mirror + final.name for mirror in MNIST_MIRRORS], final,
+                           lambda path, magic=magic, md5=md5: read_idx(path, magic, md5))
 
 
 def load_mnist(data_dir: Path | None, download: bool) -> Dataset:

@@ -10,6 +10,7 @@ import ray
 from tqdm import tqdm
 
 from .actors import Ledger, StageActor
+from .cluster import STAGE_SLOT
 from .config import TrainConfig
 from .data import Dataset, batch_order
 from .errors import UserError
@@ -36,10 +37,23 @@ class TrainResult:
 
 
 def check_capacity(cfg: TrainConfig) -> None:
-    """Refuse, before any actor starts, a cluster that cannot host one actor per stage."""
+    """Refuse, before any actor starts, a cluster that cannot host one actor per stage (and, on a
+    cluster that names its stage slots, one slot per stage)."""
     kind, per_stage = ("GPU", 1.0) if cfg.device == "cuda" else ("CPU", cfg.cpus_per_stage)
     require_resources({kind: per_stage * cfg.stages}, f"{cfg.stages} stages need them; add nodes, use fewer "
                       "--stages, or lower --cpus-per-stage")
+    if ray.cluster_resources().get(STAGE_SLOT):
+        require_resources({STAGE_SLOT: cfg.stages}, f"each of the {cfg.stages} stages takes one; add worker nodes "
+                          "(each brings its stage slots) or use fewer --stages")
+
+
+def stage_resources(cfg: TrainConfig) -> dict:
+    """Ray options of one stage actor: its CPUs or GPU, a stage slot where the cluster names them, and
+    spread over nodes so consecutive stages run on different machines when there are several."""
+    options = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.cpus_per_stage}
+    if ray.cluster_resources().get(STAGE_SLOT):
+        options["resources"] = {STAGE_SLOT: 1}
+    return {**options, "scheduling_strategy": "SPREAD"}
 
 
 class _Driver:
@@ -51,10 +65,9 @@ class _Driver:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.ledger = Ledger.remote(cfg.stages)
         data_refs = [ray.put(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
-        resources = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.cpus_per_stage}
         actor_class = ray.remote(StageActor)
         self.stages = [
-            actor_class.options(**resources).remote(
+            actor_class.options(**stage_resources(cfg)).remote(
                 cfg.to_dict(), i, data.input_shape, data.num_classes, self.total_steps, self.ledger,
                 *(data_refs if i == 0 else [None] * 4),
             )

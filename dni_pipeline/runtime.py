@@ -4,14 +4,16 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "connect_ray", "require_resources", "RunFolder", "write_json_atomic"]
+__all__ = ["atomic_path", "connect_ray", "fetch_verified", "require_resources", "RunFolder", "write_json_atomic"]
 
 log = logging.getLogger("dni_pipeline")
 
@@ -44,17 +46,24 @@ def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set for the entrypoint of a Ray job
     if address:
         _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=True)
+        except ray.exceptions.AuthenticationError:
+            raise UserError(f"the Ray cluster at {address} wants its auth token and none was found: set "
+                            "RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN") from None
         except (ConnectionError, RuntimeError) as exc:
-            raise UserError(f"could not join the Ray cluster at {address} ({exc}): check --address and auth") from None
+            raise UserError(f"could not join the Ray cluster at {address} ({exc}): check --address; a cluster with "
+                            "token authentication also needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token") from None
     else:
         cores = os.cpu_count() or 1
         if cpus_needed > cores:
             log.info("%g CPUs requested on a %d-core machine: the stages will share cores", cpus_needed, cores)
-        ray.init(num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=False, log_to_driver=True)
+        # "local": always a new Ray of our own, even where `ray start` left /tmp/ray/ray_current_cluster behind.
+        ray.init(address="local", num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=False,
+                 log_to_driver=True)
     try:
         yield
     finally:
@@ -82,6 +91,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def fetch_verified(urls: list[str], final: Path, verify: Callable[[Path], None]) -> None:
+    """Download `final` from the first of `urls` whose file passes `verify` (which raises UserError
+    on a bad file); the file appears only once verified, and a failed download leaves nothing."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for url in urls:
+        log.info("downloading %s", url)
+        try:
+            with atomic_path(final) as tmp:
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+                    shutil.copyfileobj(src, out)
+                verify(tmp)
+            return
+        except (OSError, UserError) as exc:
+            log.warning("download of %s failed: %s", url, exc)
+    raise UserError(f"could not download {final.name} from any mirror: check the network or copy the file to {final}")
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -42,6 +42,7 @@ TRAIN_FLAGS = {
     "p_norm": (int, "TransE distance: 1 or 2"),
     "eval_every": (int, "epochs between validation MRRs"),
     "patience": (int, "validations without improvement before early stopping"),
+    "time_budget": (float, "minutes of training after which the run stops at its next validation (0: none)"),
     "seed": (int, "seed of the embeddings, batches and negatives"),
 }
 
@@ -51,6 +52,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help=f"shipped: {', '.join(SHIPPED)}; or any folder name under --data-dir "
                                      f"(wn18rr, fb15k237, ...) holding train/valid/test.txt (default {RUN.dataset})")
     p.add_argument("--data-dir", help="folder holding DATASET/ or kg/DATASET/ (or set $DNI_PIPELINE_DATA)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="fetch a missing wn18rr or fb15k237 (sha256-checked) into --data-dir or the cache")
     p.add_argument("--unseen", help="valid/test triples whose entity or relation is not in train: drop (left out, "
                                     "counted in summary.json) or error (default drop)")
     p.add_argument("--model", help=f"{', '.join(MODELS)} (default {TRAIN.model})")
@@ -111,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = _config(args)
         run = RunFolder(args.out or f"runs/kg-{cfg.dataset}-{cfg.train.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        load_kg(cfg.dataset, cfg.data_dir, cfg.unseen)  # bad data fails before any work
+        load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)  # bad data fails before any work
     with connect_ray(args.address, args.num_cpus):
         _check_resources(cfg, args)
         summary = ray.get(submit(cfg, str(run.path), resume=resume, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
@@ -134,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     base = _config(args)
     grid = parse_grid(args.grid)
     out = RunFolder(args.out or f"runs/kg-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    load_kg(base.dataset, base.data_dir, base.unseen)
+    load_kg(base.dataset, base.data_dir, base.unseen, base.download)
     with connect_ray(args.address, args.num_cpus):
         _check_resources(base, args)
         trials = sweep(base, grid, out, samples=args.samples, num_cpus=args.num_cpus, num_gpus=args.num_gpus)

@@ -2,27 +2,44 @@
 
 The small benchmarks (nations, umls, kinships, countries_s1..s3) ship inside the package; others
 (wn18rr, fb15k237, or any folder with train.txt, valid.txt and test.txt) are read from a data
-directory. Entities and relations are numbered from the training split. Valid and test triples that
-mention an entity or relation never seen in training cannot be scored by an embedding model: by
+directory, or downloaded (`download`, sha256-checked) into it or the cache. Entities and relations
+are numbered from the training split. Valid and test triples that mention an entity or relation never seen in training cannot be scored by an embedding model: by
 default they are left out of evaluation and counted (`unseen`), as LibKGE does; the `error` policy
 refuses such a dataset instead.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dni_pipeline.data import CACHE_DIR
 from dni_pipeline.errors import UserError
+from dni_pipeline.runtime import fetch_verified
 
-__all__ = ["SHIPPED", "KGDataset", "load_kg", "read_triples", "with_reciprocals"]
+__all__ = ["DOWNLOADS", "SHIPPED", "KGDataset", "download_kg", "load_kg", "read_triples", "with_reciprocals"]
 
 SHIPPED = ("nations", "umls", "kinships", "countries_s1", "countries_s2", "countries_s3")
 PACKAGE_DATA = Path(__file__).parent / "data"
 DATA_DIR_ENV = "DNI_PIPELINE_DATA"
 SPLITS = ("train", "valid", "test")
 UNSEEN_POLICIES = ("drop", "error")
+# The RotatE authors' copies (byte-identical to ConvE's and PyKEEN's), at a pinned commit.
+KG_MIRRORS = ("https://raw.githubusercontent.com/DeepGraphLearning/KnowledgeGraphEmbedding/"
+              "617062aaedf53bf4d6b44450a580a96dc30e0632/data/",)
+# name -> (folder on the mirror, split -> sha256 of the file)
+DOWNLOADS = {
+    "wn18rr": ("wn18rr", {
+        "train": "038612e783c215ee5f3ca9fbfca27b8d0739be1028fe4ee7c174aecf0b83d5df",
+        "valid": "453ce7202afa58094a04d2b1560ee2b02660f1c260b32ce6651c8ccedd1028ab",
+        "test": "0383bceaaa1096cf3c03ec021ed0048068e2355dbfc0239b292cefdac821cec5"}),
+    "fb15k237": ("FB15k-237", {
+        "train": "61099230e4439f90885ca9767739e31e8e32f54736fa1c35952b27997bc7c08a",
+        "valid": "749cbe9d923bac7b9354da5614ecfed2e0220256d442c3e04a6b303db1f273d9",
+        "test": "e2e35e8e6113de220140b6f44dc71a5207b0fc6872d575e874aefe13259b655b"}),
+}
 
 
 def read_triples(path: Path) -> list[tuple[str, str, str]]:
@@ -70,25 +87,46 @@ def with_reciprocals(triples: np.ndarray, num_relations: int) -> np.ndarray:
     return np.concatenate([triples, inverse])
 
 
-def _folder(name: str, data_dir: str | None) -> Path:
+def download_kg(name: str, target: Path) -> None:
+    """Fetch train/valid/test.txt of a benchmark into `target`, each checked against its sha256."""
+    folder, digests = DOWNLOADS[name]
+
+    def verify(path: Path, digest: str) -> None:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise UserError(f"{path.name} fails its sha256 check")
+
+    for split, digest in digests.items():
+        final = target / f"{split}.txt"
+        if not final.exists():
+            fetch_verified([f"{mirror}{folder}/{split}.txt" for mirror in KG_MIRRORS], final,
+                           lambda path, digest=digest: verify(path, digest))
+
+
+def _folder(name: str, data_dir: str | None, download: bool) -> Path:
     if name in SHIPPED:
         return PACKAGE_DATA / name
     root = data_dir or os.environ.get(DATA_DIR_ENV)
     candidates = [Path(root) / "kg" / name, Path(root) / name] if root else []
-    for folder in candidates:
+    for folder in [*candidates, CACHE_DIR / "kg" / name]:
         if (folder / "train.txt").is_file():
             return folder
+    if download and name in DOWNLOADS:
+        target = (Path(root) if root else CACHE_DIR) / "kg" / name
+        download_kg(name, target)
+        return target
     where = root or f"${DATA_DIR_ENV} (unset)"
+    fetch = f", or add --download ({', '.join(DOWNLOADS)})" if name in DOWNLOADS else ""
     raise UserError(f"dataset '{name}' not found in {where}: point --data-dir at a folder holding "
-                    f"{name}/train.txt, valid.txt and test.txt (shipped: {', '.join(SHIPPED)})")
+                    f"{name}/train.txt, valid.txt and test.txt{fetch} (shipped: {', '.join(SHIPPED)})")
 
 
-def load_kg(name: str, data_dir: str | None = None, unseen_policy: str = "drop") -> KGDataset:
+def load_kg(name: str, data_dir: str | None = None, unseen_policy: str = "drop", download: bool = False) -> KGDataset:
     """Read a dataset; `unseen_policy` says what valid/test triples with an entity or relation absent
-    from train do: `drop` (left out of evaluation and counted) or `error` (refuse the dataset)."""
+    from train do: `drop` (left out of evaluation and counted) or `error` (refuse the dataset).
+    With `download`, a missing benchmark of DOWNLOADS is fetched into the data directory (or the cache)."""
     if unseen_policy not in UNSEEN_POLICIES:
         raise UserError(f"unknown unseen policy '{unseen_policy}': use {' or '.join(UNSEEN_POLICIES)}")
-    folder = _folder(name, data_dir)
+    folder = _folder(name, data_dir, download)
     raw = {}
     for split in SPLITS:
         path = folder / f"{split}.txt"

@@ -35,6 +35,7 @@ class KGRunConfig:
     dataset: str = "nations"
     data_dir: str | None = None
     unseen: str = "drop"  # valid/test triples with entities or relations unseen in train: drop or error
+    download: bool = False  # fetch a missing wn18rr / fb15k237 (sha256-checked)
     train: KGTrainConfig = field(default_factory=KGTrainConfig)
     device: str = "cpu"  # or cuda
     eval_batch_size: int = 256  # queries scored per matrix product
@@ -69,7 +70,7 @@ def _build(cfg: KGRunConfig, data: KGDataset) -> KGModel:
 def load_trained(run: RunFolder) -> tuple[KGRunConfig, KGDataset, KGModel]:
     """A finished (or interrupted) run's config, dataset and best model so far."""
     cfg = KGRunConfig.from_dict(json.loads(run.file("config.json").read_text()))
-    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen)
+    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)
     model = _build(cfg, data)
     state = torch.load(run.file("checkpoint.pt"), map_location=cfg.device, weights_only=True)
     model.load_state_dict(state["best_model"] or state["model"])
@@ -90,7 +91,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     tqdm-like class (inside a Ray task, ray.experimental.tqdm_ray.tqdm) or None."""
     cfg.validate()
     t = cfg.train
-    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen)
+    data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)
     index = answer_index(data)
     train_triples = with_reciprocals(data.splits["train"], data.num_relations)
     model = _build(cfg, data)
@@ -116,7 +117,8 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     with run.jsonl("metrics.jsonl") as append:
         while state["epoch"] < t.epochs and not state["stopped"]:
             start = time.time()
-            loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device)
+            loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device,
+                               on_batch=bar.update if bar else None)
             state["train_seconds"] += time.time() - start
             state["epoch"] += 1
             if not np.isfinite(loss):
@@ -131,12 +133,14 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
                 else:
                     state["bad_evals"] += 1
                     state["stopped"] = state["bad_evals"] >= t.patience
+                if t.time_budget and state["train_seconds"] >= 60 * t.time_budget:
+                    log.info("kg: time budget of %g min spent at epoch %d", t.time_budget, state["epoch"])
+                    state["stopped"] = True
             append(record)
             with atomic_path(checkpoint) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "best_model": best_model, "state": state}, tmp)
             if bar:
-                bar.update(1)
                 bar.set_description(f"kg {t.model} {data.name} loss {loss:.4f} valid mrr {state['best_mrr']:.3f}")
     if bar:
         bar.close()

@@ -11,6 +11,7 @@ Batches and negatives come from a generator seeded by (seed, epoch), so a resume
 what the uninterrupted run would have.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ class KGTrainConfig:
     p_norm: int = 1  # TransE: L1 or L2
     eval_every: int = 5  # epochs between validation MRRs
     patience: int = 5  # validations without improvement before stopping
+    time_budget: float = 0.0  # minutes of training after which the run stops at the next validation; 0: none
     seed: int = 0
 
     @property
@@ -60,6 +62,7 @@ class KGTrainConfig:
             (self.n3 >= 0 and 0 <= self.label_smoothing < 1, "--n3 must be >= 0 and --label-smoothing in [0, 1)"),
             (self.negatives >= 1 and self.p_norm in (1, 2), "--negatives must be at least 1 and --p-norm 1 or 2"),
             (self.eval_every >= 1 and self.patience >= 1, "--eval-every and --patience must be at least 1"),
+            (self.time_budget >= 0, "--time-budget must be >= 0 minutes (0: no budget)"),
         ]
         return [message for ok, message in checks if not ok]
 
@@ -88,8 +91,9 @@ def _negative_sampling(cfg: KGTrainConfig, model: KGModel, batch: torch.Tensor, 
 
 
 def train_epoch(cfg: KGTrainConfig, model: KGModel, optimizer: torch.optim.Optimizer, triples: np.ndarray,
-                epoch: int, device: str = "cpu") -> float:
-    """One pass over `triples` (with reciprocals) in shuffled batches; returns the mean loss."""
+                epoch: int, device: str = "cpu", on_batch: Callable[[float], None] | None = None) -> float:
+    """One pass over `triples` (with reciprocals) in shuffled batches; returns the mean loss.
+    `on_batch` hears the fraction of the epoch each batch was (for a progress bar)."""
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     data = torch.from_numpy(triples)[torch.randperm(len(triples), generator=generator)].to(device)
     model.train()
@@ -104,4 +108,6 @@ def train_epoch(cfg: KGTrainConfig, model: KGModel, optimizer: torch.optim.Optim
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
+        if on_batch is not None:
+            on_batch(len(batch) / len(data))
     return total / len(data)

@@ -44,3 +44,20 @@ def test_bad_files_and_missing_datasets(tmp_path):
     (tmp_path / "mine" / "train.txt").write_text("a\tr\tb\n")
     with pytest.raises(UserError, match="valid.txt is missing"):
         load_kg("mine", str(tmp_path))
+
+
+def test_download_verifies_checksums_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    if not (SHARED_DATA / "kg" / "wn18rr" / "train.txt").is_file():
+        pytest.skip("wn18rr mirror not found")
+    corrupt = tmp_path / "corrupt" / "wn18rr"
+    corrupt.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (corrupt / f"{split}.txt").write_text("a\tr\tb\n")
+    monkeypatch.setattr("kg.datasets.KG_MIRRORS", ((tmp_path / "corrupt").as_uri() + "/",))
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError, match="could not download train.txt from any mirror"):
+        load_kg("wn18rr", str(data_dir), download=True)
+    assert list((data_dir / "kg" / "wn18rr").iterdir()) == []
+    monkeypatch.setattr("kg.datasets.KG_MIRRORS", ((tmp_path / "corrupt").as_uri() + "/", (SHARED_DATA / "kg").as_uri() + "/"))
+    data = load_kg("wn18rr", str(data_dir), download=True)
+    assert len(data.splits["train"]) == 86835 and (data_dir / "kg" / "wn18rr" / "test.txt").is_file()

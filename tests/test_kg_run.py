@@ -105,16 +105,18 @@ def test_resume_after_a_crash_ends_where_the_whole_run_ends(tmp_path):
     whole = run_kg(cfg, RunFolder(tmp_path / "whole"))
 
     class CrashAfterThreeEpochs:
-        def __init__(self, **_):
-            self.n = 0
+        """A progress bar that stops the run once the third epoch is checkpointed (and described)."""
 
-        def update(self, n):
-            self.n += n
-            if self.n >= 3:
-                raise KeyboardInterrupt
+        def __init__(self, **_):
+            self.epochs = 0
+
+        def update(self, fraction):
+            pass
 
         def set_description(self, _):
-            pass
+            self.epochs += 1
+            if self.epochs == 3:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_kg(cfg, RunFolder(tmp_path / "crashed"), progress=CrashAfterThreeEpochs)
