@@ -1,14 +1,12 @@
 """Diffusion runs as Ray tasks: one run with its own resources, or a sweep of configurations run as
 parallel tasks and ranked by sample quality."""
 
-import dataclasses
 import logging
 
 import ray
-import torch
 
 from dni_pipeline import sweeps
-from dni_pipeline.runtime import RunFolder
+from dni_pipeline.runtime import RunFolder, submit_run
 
 from .run import DiffusionRunConfig, run_diffusion
 from .toys import TOYS
@@ -19,23 +17,18 @@ __all__ = ["submit", "sweep", "parse_grid", "rank_metric"]
 log = logging.getLogger("dni_pipeline")
 
 
-
 def rank_metric(dataset: str) -> str:
     """The quality metric trials are ranked by (lower is better, reported with floor and ceiling)."""
     return "energy_distance" if dataset in TOYS else "fd"
 
 
-def _train_task(config: dict, run_path: str, resume: bool, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
-
-    return run_diffusion(DiffusionRunConfig.from_dict(config), RunFolder(run_path, resume=resume), resume, progress=tqdm)
+def _run(config: dict, run: RunFolder, resume: bool, progress) -> dict:
+    return run_diffusion(DiffusionRunConfig.from_dict(config), run, resume, progress=progress)
 
 
 def submit(cfg: DiffusionRunConfig, run_path: str, *, resume: bool = False, num_cpus: float = 1, num_gpus: float = 0):
     """Start one run as a Ray task reserving `num_cpus` / `num_gpus`; returns its ObjectRef (the summary)."""
-    task = ray.remote(_train_task).options(num_cpus=num_cpus, num_gpus=num_gpus)
-    return task.remote(cfg.to_dict(), str(run_path), resume, max(1, int(num_cpus)))
+    return submit_run(_run, cfg.to_dict(), run_path, resume=resume, num_cpus=num_cpus, num_gpus=num_gpus)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -43,17 +36,11 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return sweeps.parse_grid(items, sweeps.config_fields(DiffusionTrainConfig, DiffusionRunConfig))
 
 
-def _with(cfg: DiffusionRunConfig, values: dict) -> DiffusionRunConfig:
-    train_fields = {f.name for f in dataclasses.fields(DiffusionTrainConfig)}
-    train = dataclasses.replace(cfg.train, **{k: v for k, v in values.items() if k in train_fields})
-    return dataclasses.replace(cfg, train=train, **{k: v for k, v in values.items() if k not in train_fields}).validate()
-
-
 def sweep(base: DiffusionRunConfig, grid: dict[str, list], out: RunFolder, *, num_cpus: float = 1) -> list[dict]:
     """Every combination of the grid as a parallel Ray task; trials ranked by `rank_metric`."""
     names = list(grid)
     combos = sweeps.combinations(grid)
-    configs = [_with(base, combo) for combo in combos]  # validated before anything runs
+    configs = [sweeps.with_values(base, combo) for combo in combos]  # validated before anything runs
     out.create()
     refs = [submit(cfg, str(out.file(f"trial-{i:03d}")), num_cpus=num_cpus) for i, cfg in enumerate(configs)]
     log.info("sweep: %d trials as Ray tasks of %g CPU each", len(refs), num_cpus)

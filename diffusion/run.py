@@ -17,7 +17,7 @@ import torch
 
 from dni_pipeline.data import CACHE_DIR
 from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import RunFolder, atomic_path, write_json_atomic
+from dni_pipeline.runtime import RunFolder, write_json_atomic
 
 from .datasets import DIFFUSION_DATASETS, DiffusionData, load_diffusion_data
 from .denoisers import MLPDenoiser, UNet
@@ -105,15 +105,6 @@ def sample(cfg: DiffusionRunConfig, trainer: Trainer, count: int, shape: tuple[i
                        variance=cfg.variance, clip=clip, generator=generator, learned_variance=cfg.train.learn_variance)
 
 
-def _keep_logged_until(run: RunFolder, step: int) -> None:
-    """On resume, drop log lines past the checkpoint: those steps are trained again."""
-    path = run.file("metrics.jsonl")
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
-
-
 def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False, progress=None) -> dict:
     """Train (or continue), evaluate and write the run folder; return the summary. `progress` is a
     tqdm-like class for a progress bar (inside a Ray task, ray.experimental.tqdm_ray.tqdm), or None."""
@@ -123,7 +114,7 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
     checkpoint = run.file("checkpoint.pt")
     if resume:
         trainer.load(checkpoint)
-        _keep_logged_until(run, trainer.step)
+        run.trim_jsonl("metrics.jsonl", "step", trainer.step)
         log.info("resumed %s at step %d", run.path, trainer.step)
     else:
         run.create()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "connect_ray", "fetch_verified", "require_resources", "RunFolder", "write_json_atomic"]
+__all__ = ["atomic_path", "connect_ray", "fetch_verified", "require_resources", "RunFolder", "submit_run",
+           "write_json_atomic"]
 
 log = logging.getLogger("dni_pipeline")
 
@@ -68,6 +69,23 @@ def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _run_in_task(run, config: dict, run_path: str, resume: bool, threads: int) -> dict:
+    import torch
+    from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
+
+    torch.set_num_threads(threads)
+    return run(config, RunFolder(run_path, resume=resume), resume, tqdm)
+
+
+def submit_run(run, config: dict, run_path: str, *, resume: bool = False, num_cpus: float = 1, num_gpus: float = 0):
+    """Start `run(config, RunFolder, resume, progress) -> summary` as a Ray task reserving `num_cpus` /
+    `num_gpus` (and as many torch threads as CPUs); returns its ObjectRef (the summary)."""
+    import ray
+
+    task = ray.remote(_run_in_task).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    return task.remote(run, config, str(run_path), resume, max(1, int(num_cpus)))
 
 
 def require_resources(needs: dict[str, float], fix: str) -> None:
@@ -151,6 +169,14 @@ class RunFolder:
 
     def write_json(self, name: str, obj) -> None:
         write_json_atomic(self.file(name), obj)
+
+    def trim_jsonl(self, name: str, key: str, last: int) -> None:
+        """Keep only the records with `key` <= `last`: on resume, what comes after the checkpoint is redone."""
+        path = self.file(name)
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)[key] <= last]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
 
     @contextlib.contextmanager
     def jsonl(self, name: str):

@@ -7,7 +7,7 @@ import random
 
 from .errors import UserError
 
-__all__ = ["combinations", "config_fields", "markdown_table", "parse_grid"]
+__all__ = ["combinations", "config_fields", "markdown_table", "parse_grid", "with_values"]
 
 
 def config_fields(*configs) -> dict[str, type]:
@@ -44,6 +44,13 @@ def combinations(grid: dict[str, list], samples: int | None = None, seed: int = 
     if samples < 1:
         raise UserError("--samples must be at least 1")
     return random.Random(seed).sample(combos, min(samples, len(combos)))
+
+
+def with_values(cfg, values: dict):
+    """A run config (a dataclass with a nested `train` config) with some fields of either replaced, validated."""
+    train_fields = {f.name for f in dataclasses.fields(cfg.train)}
+    train = dataclasses.replace(cfg.train, **{k: v for k, v in values.items() if k in train_fields})
+    return dataclasses.replace(cfg, train=train, **{k: v for k, v in values.items() if k not in train_fields}).validate()
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

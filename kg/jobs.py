@@ -1,14 +1,12 @@
 """KG runs as Ray tasks: one run with its own resources, or a grid / random search of configurations
 run as parallel tasks and selected on validation MRR (never on test)."""
 
-import dataclasses
 import logging
 
 import ray
-import torch
 
 from dni_pipeline import sweeps
-from dni_pipeline.runtime import RunFolder
+from dni_pipeline.runtime import RunFolder, submit_run
 
 from .run import KGRunConfig, run_kg
 from .training import KGTrainConfig
@@ -18,17 +16,13 @@ __all__ = ["parse_grid", "submit", "sweep"]
 log = logging.getLogger("dni_pipeline")
 
 
-def _train_task(config: dict, run_path: str, resume: bool, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
-
-    return run_kg(KGRunConfig.from_dict(config), RunFolder(run_path, resume=resume), resume, progress=tqdm)
+def _run(config: dict, run: RunFolder, resume: bool, progress) -> dict:
+    return run_kg(KGRunConfig.from_dict(config), run, resume, progress=progress)
 
 
 def submit(cfg: KGRunConfig, run_path: str, *, resume: bool = False, num_cpus: float = 1, num_gpus: float = 0):
     """Start one run as a Ray task reserving `num_cpus` / `num_gpus`; returns its ObjectRef (the summary)."""
-    task = ray.remote(_train_task).options(num_cpus=num_cpus, num_gpus=num_gpus)
-    return task.remote(cfg.to_dict(), str(run_path), resume, max(1, int(num_cpus)))
+    return submit_run(_run, cfg.to_dict(), run_path, resume=resume, num_cpus=num_cpus, num_gpus=num_gpus)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -36,18 +30,12 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return sweeps.parse_grid(items, sweeps.config_fields(KGTrainConfig, KGRunConfig))
 
 
-def _with(cfg: KGRunConfig, values: dict) -> KGRunConfig:
-    train_fields = {f.name for f in dataclasses.fields(KGTrainConfig)}
-    train = dataclasses.replace(cfg.train, **{k: v for k, v in values.items() if k in train_fields})
-    return dataclasses.replace(cfg, train=train, **{k: v for k, v in values.items() if k not in train_fields}).validate()
-
-
 def sweep(base: KGRunConfig, grid: dict[str, list], out: RunFolder, *, samples: int | None = None,
           num_cpus: float = 1, num_gpus: float = 0) -> list[dict]:
     """The grid's combinations (or `samples` random ones) as parallel Ray tasks, best validation MRR
     first; `sweep.json` and `sweep.md` list every trial with its valid and test figures."""
     combos = sweeps.combinations(grid, samples, seed=base.train.seed)
-    configs = [_with(base, combo) for combo in combos]  # validated before anything runs
+    configs = [sweeps.with_values(base, combo) for combo in combos]  # validated before anything runs
     out.create()
     refs = [submit(cfg, str(out.file(f"trial-{i:03d}")), num_cpus=num_cpus, num_gpus=num_gpus)
             for i, cfg in enumerate(configs)]

@@ -77,15 +77,6 @@ def load_trained(run: RunFolder) -> tuple[KGRunConfig, KGDataset, KGModel]:
     return cfg, data, model.eval()
 
 
-def _keep_logged_until(run: RunFolder, epoch: int) -> None:
-    """On resume, drop log lines past the checkpoint: those epochs are trained again."""
-    path = run.file("metrics.jsonl")
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
-
-
 def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None) -> dict:
     """Train (or continue), evaluate and write the run folder; return the summary. `progress` is a
     tqdm-like class (inside a Ray task, ray.experimental.tqdm_ray.tqdm) or None."""
@@ -104,7 +95,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         best_model, state = saved["best_model"], saved["state"]
-        _keep_logged_until(run, state["epoch"])
+        run.trim_jsonl("metrics.jsonl", "epoch", state["epoch"])
         log.info("resumed %s at epoch %d", run.path, state["epoch"])
     else:
         run.create()
