@@ -119,6 +119,7 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
     else:
         run.create()
         write_json_atomic(run.file("config.json"), cfg.to_dict())
+        run.trim_jsonl("metrics.jsonl", "step", 0)  # an attempt that died before its first checkpoint
     start, losses = time.time(), []
     bar = progress(desc=f"ddpm {cfg.dataset}", total=cfg.train.steps, unit="step") if progress else None
     if bar:
@@ -137,7 +138,8 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
     if bar:
         bar.close()
     train_seconds = time.time() - start
-    summary = {"dataset": cfg.dataset, "steps": trainer.step, "train_seconds": round(train_seconds, 3),
+    summary = {"dataset": cfg.dataset, "steps": trainer.step, "planned_steps": cfg.train.steps,
+               "train_seconds": round(train_seconds, 3),
                "resumed": resume, "objective": cfg.train.objective, "schedule": cfg.train.schedule,
                "sampler": cfg.sampler, "sample_steps": cfg.sample_steps if cfg.sampler == "ddim" else cfg.train.timesteps}
     samples = sample(cfg, trainer, cfg.eval_samples, tuple(data.train.shape[1:]), seed=cfg.train.seed + 100).cpu()

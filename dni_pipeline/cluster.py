@@ -72,8 +72,9 @@ def _node_flags(node: int, ports: list[int], object_store_mb: int) -> list[str]:
 
 def _launch(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen(["ray", "start", *args], env=auth_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # Ray's CLI through this interpreter: works in a venv that is not activated.
+        return subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", *args], env=auth_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _alive_nodes(address: str) -> int | None:

@@ -71,20 +71,31 @@ def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
         ray.shutdown()
 
 
+TASK_RETRIES = 3  # attempts after the first when a task's worker or node dies
+
+
 def _run_in_task(run, config: dict, run_path: str, resume: bool, threads: int) -> dict:
+    """One attempt of a run. The folder was checked by whoever submitted the run; an attempt that finds
+    a checkpoint there (an earlier attempt died after writing it) resumes from it."""
     import torch
     from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
 
     torch.set_num_threads(threads)
-    return run(config, RunFolder(run_path, resume=resume), resume, tqdm)
+    folder = RunFolder.__new__(RunFolder)
+    folder.path = Path(run_path)
+    resume = resume or folder.file("checkpoint.pt").is_file()
+    if resume:
+        log.info("resuming %s from its checkpoint", run_path)
+    return run(config, folder, resume, tqdm)
 
 
 def submit_run(run, config: dict, run_path: str, *, resume: bool = False, num_cpus: float = 1, num_gpus: float = 0):
     """Start `run(config, RunFolder, resume, progress) -> summary` as a Ray task reserving `num_cpus` /
-    `num_gpus` (and as many torch threads as CPUs); returns its ObjectRef (the summary)."""
+    `num_gpus` (and as many torch threads as CPUs); returns its ObjectRef (the summary). If the task's
+    process or node dies, Ray runs it again (TASK_RETRIES times) and it continues from its checkpoint."""
     import ray
 
-    task = ray.remote(_run_in_task).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    task = ray.remote(_run_in_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES)
     return task.remote(run, config, str(run_path), resume, max(1, int(num_cpus)))
 
 

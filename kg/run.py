@@ -85,6 +85,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     data = load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)
     index = answer_index(data)
     train_triples = with_reciprocals(data.splits["train"], data.num_relations)
+    batches = -(-len(train_triples) // t.batch_size)  # optimizer steps per epoch
     model = _build(cfg, data)
     optimizer = make_optimizer(t, model)
     state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "bad_evals": 0, "stopped": False, "train_seconds": 0.0}
@@ -100,6 +101,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     else:
         run.create()
         write_json_atomic(run.file("config.json"), cfg.to_dict())
+        run.trim_jsonl("metrics.jsonl", "epoch", 0)  # an attempt that died before its first checkpoint
     log.info("kg %s: %d entities, %d relations, %d train triples (x2 with reciprocals); %s trained %s",
              data.name, data.num_entities, data.num_relations, len(data.splits["train"]), t.model, t.loss_kind)
     bar = progress(desc=f"kg {t.model} {data.name}", total=t.epochs, unit="epoch") if progress else None
@@ -149,6 +151,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
                "entities": data.num_entities, "relations": data.num_relations,
                "triples": {s: len(x) for s, x in data.splits.items()}, "unseen": data.unseen,
                "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped"],
+               "steps": state["epoch"] * batches, "planned_steps": t.epochs * batches,
                "valid": results["valid"], "test": results["test"],
                "train_seconds": round(state["train_seconds"], 3), "eval_seconds": results["test"]["eval_seconds"],
                "resumed": resume, "config": cfg.to_dict()}

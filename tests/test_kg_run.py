@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +192,22 @@ def test_unseen_test_triples_are_dropped_and_counted_by_default(tmp_path):
     (tmp_path / "toy" / "test.txt").write_text("c\tr\ta\nc\tq\ta\nz\tr\ta\n")
     data = load_kg("toy", str(tmp_path))
     assert data.unseen == {"train": 0, "valid": 0, "test": 2} and len(data.splits["test"]) == 1
+
+
+def test_a_killed_task_is_retried_by_ray_and_resumes_from_its_checkpoint(ray_session, tmp_path):
+    cfg = _config(epochs=120, eval_every=40, patience=100)
+    whole = ray_session.get(jobs.submit(cfg, str(tmp_path / "whole")))
+    ref = jobs.submit(cfg, str(tmp_path / "killed"))
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.is_file() or torch.load(checkpoint, weights_only=True)["state"]["epoch"] < 10:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    pids = subprocess.run(["pgrep", "-f", "ray::_run_in_task"], capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1
+    os.kill(int(pids[0]), signal.SIGKILL)
+    summary = ray_session.get(ref)
+    assert summary["resumed"] and summary["epochs"] == 120 and summary["steps"] == summary["planned_steps"]
+    assert summary["test"]["mrr"] == whole["test"]["mrr"]  # the same run as the one never interrupted
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 121))
