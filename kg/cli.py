@@ -10,7 +10,7 @@ import ray
 
 from dni_pipeline.config import check_type, load_config_file
 from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import RunFolder, connect_ray, require_resources
+from dni_pipeline.runtime import RunFolder, connect_ray, require_resources, write_json_atomic
 
 from .complete import complete, write_tsv
 from .datasets import SHIPPED, load_kg
@@ -111,6 +111,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if resume:
         run = RunFolder(args.resume, resume=True)
         cfg = KGRunConfig.from_dict(json.loads(run.file("config.json").read_text()))
+        extended = {k: getattr(args, k) for k in ("epochs", "time_budget") if getattr(args, k) is not None}
+        if extended:  # the settings a resumed run may change: how far it goes
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **extended)).validate()
+            write_json_atomic(run.file("config.json"), cfg.to_dict())
     else:
         cfg = _config(args)
         run = RunFolder(args.out or f"runs/kg-{cfg.dataset}-{cfg.train.model}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -158,7 +162,8 @@ def add_kg_commands(commands, parser_class) -> None:
         "config.json and checkpoint.pt."))
     _run_flags(train)
     train.add_argument("--out", help="run folder to create (must be new or empty)")
-    train.add_argument("--resume", help="continue the run in this folder from its last checkpoint, with its own config")
+    train.add_argument("--resume", help="continue the run in this folder from its last checkpoint, with its own config "
+                                        "(--epochs and --time-budget may extend it; a run its budget stopped trains on)")
     _ray_flags(train)
     train.set_defaults(func=cmd_train)
 

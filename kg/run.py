@@ -88,7 +88,8 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     batches = -(-len(train_triples) // t.batch_size)  # optimizer steps per epoch
     model = _build(cfg, data)
     optimizer = make_optimizer(t, model)
-    state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "bad_evals": 0, "stopped": False, "train_seconds": 0.0}
+    state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "bad_evals": 0, "stopped": False, "stop_reason": None,
+             "train_seconds": 0.0}
     best_model = None
     checkpoint = run.file("checkpoint.pt")
     if resume:
@@ -96,6 +97,8 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         best_model, state = saved["best_model"], saved["state"]
+        if state.get("stop_reason") == "time budget" and state["train_seconds"] < 60 * t.time_budget:
+            state.update(stopped=False, stop_reason=None)  # resumed with a larger budget: train on
         run.trim_jsonl("metrics.jsonl", "epoch", state["epoch"])
         log.info("resumed %s at epoch %d", run.path, state["epoch"])
     else:
@@ -111,7 +114,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
         while state["epoch"] < t.epochs and not state["stopped"]:
             start = time.time()
             loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device,
-                               on_batch=bar.update if bar else None)
+                               on_batch=(lambda f: bar.update(min(f, t.epochs - bar.n))) if bar else None)
             state["train_seconds"] += time.time() - start
             state["epoch"] += 1
             if not np.isfinite(loss):
@@ -125,10 +128,11 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
                     best_model = copy.deepcopy(model.state_dict())
                 else:
                     state["bad_evals"] += 1
-                    state["stopped"] = state["bad_evals"] >= t.patience
-                if t.time_budget and state["train_seconds"] >= 60 * t.time_budget:
+                    if state["bad_evals"] >= t.patience:
+                        state.update(stopped=True, stop_reason="patience")
+                if t.time_budget and state["train_seconds"] >= 60 * t.time_budget and not state["stopped"]:
                     log.info("kg: time budget of %g min spent at epoch %d", t.time_budget, state["epoch"])
-                    state["stopped"] = True
+                    state.update(stopped=True, stop_reason="time budget")
             append(record)
             with atomic_path(checkpoint) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -150,7 +154,7 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     summary = {"dataset": data.name, "model": t.model, "loss": t.loss_kind, "dim": t.dim,
                "entities": data.num_entities, "relations": data.num_relations,
                "triples": {s: len(x) for s, x in data.splits.items()}, "unseen": data.unseen,
-               "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped"],
+               "epochs": state["epoch"], "best_epoch": state["best_epoch"], "stopped_by": state.get("stop_reason"),
                "steps": state["epoch"] * batches, "planned_steps": t.epochs * batches,
                "valid": results["valid"], "test": results["test"],
                "train_seconds": round(state["train_seconds"], 3), "eval_seconds": results["test"]["eval_seconds"],

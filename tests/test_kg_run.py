@@ -211,3 +211,13 @@ def test_a_killed_task_is_retried_by_ray_and_resumes_from_its_checkpoint(ray_ses
     assert summary["test"]["mrr"] == whole["test"]["mrr"]  # the same run as the one never interrupted
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, 121))
+
+
+def test_a_run_its_time_budget_stopped_trains_on_when_resumed_with_more(tmp_path, capsys):
+    run = tmp_path / "budget"
+    cfg = _config(epochs=6, eval_every=2, patience=100, time_budget=1e-6)
+    first = run_kg(cfg, RunFolder(run))
+    assert first["stopped_by"] == "time budget" and first["epochs"] == 2
+    assert main(["kg", "train", "--resume", str(run), "--time-budget", "10"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] and summary["epochs"] == 6 and summary["stopped_by"] is None
