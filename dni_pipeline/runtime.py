@@ -81,8 +81,7 @@ def _run_in_task(run, config: dict, run_path: str, resume: bool, threads: int) -
     from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
 
     torch.set_num_threads(threads)
-    folder = RunFolder.__new__(RunFolder)
-    folder.path = Path(run_path)
+    folder = RunFolder.submitted(run_path)
     resume = resume or folder.file("checkpoint.pt").is_file()
     if resume:
         log.info("resuming %s from its checkpoint", run_path)
@@ -155,6 +154,13 @@ class RunFolder:
                 raise UserError(f"nothing to resume in {self.path} (no {checkpoint}): check the run folder path")
         else:
             self._check()
+
+    @classmethod
+    def submitted(cls, path: str | Path) -> "RunFolder":
+        """The folder of a run already submitted: its checks were made by the submitter, before any work."""
+        folder = cls.__new__(cls)
+        folder.path = Path(path)
+        return folder
 
     def _check(self) -> None:
         if self.path.exists():
