@@ -215,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     dni, backprop = summaries
     print(f"dni / backprop throughput: {dni['samples_per_sec'] / backprop['samples_per_sec']:.2f}x; "
           f"test accuracy {100 * dni['test_accuracy']:.2f}% vs {100 * backprop['test_accuracy']:.2f}% "
-          "(the diffusion task shared the cores while they ran)")
+          "(the diffusion and KG tasks shared the cores while they ran)")
     print(f"diffusion (two moons, {ddpm['steps']} steps): energy distance {ddpm['energy_distance']:.4f} "
           f"(floor {ddpm['energy_distance_floor']:.4f}, ceiling {ddpm['energy_distance_ceiling']:.4f})")
     print(f"kg (ComplEx on UMLS, {kg_summary['epochs']} epochs): filtered test MRR {kg_summary['test']['mrr']:.4f} "
