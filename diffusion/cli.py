@@ -9,8 +9,7 @@ from pathlib import Path
 import ray
 import torch
 
-from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import RunFolder, connect_ray, require_resources, write_json_atomic
+from dni_pipeline.runtime import RunFolder, check_task_resources, connect_ray, write_json_atomic
 
 from .datasets import DIFFUSION_DATASETS, load_diffusion_data
 from .jobs import parse_grid, submit, sweep
@@ -80,12 +79,6 @@ def _config(args: argparse.Namespace) -> DiffusionRunConfig:
     return dataclasses.replace(RUN, train=train, **values).validate()
 
 
-def _check_resources(cfg: DiffusionRunConfig, args: argparse.Namespace) -> None:
-    if cfg.device == "cuda" and args.num_gpus < 1:
-        raise UserError("--device cuda needs a GPU for the task: add --num-gpus 1")
-    require_resources({"CPU": args.num_cpus, "GPU": args.num_gpus}, "lower --num-cpus / --num-gpus or add nodes")
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     resume = args.resume is not None
     if resume:
@@ -99,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         run = RunFolder(args.out or f"runs/diffusion-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         load_diffusion_data(cfg.dataset, cfg.data_dir, eval_points=2)  # bad data fails before any work
     with connect_ray(args.address, args.num_cpus):
-        _check_resources(cfg, args)
+        check_task_resources(cfg.device, args.num_cpus, args.num_gpus)
         summary = ray.get(submit(cfg, str(run.path), resume=resume, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
     shown = {k: v for k, v in summary.items() if k != "config"}
     print(json.dumps(shown, indent=2))
@@ -125,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     grid = parse_grid(args.grid)
     out = RunFolder(args.out or f"runs/diffusion-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     with connect_ray(args.address, args.num_cpus):
-        _check_resources(base, args)
+        check_task_resources(base.device, args.num_cpus, args.num_gpus)
         trials = sweep(base, grid, out, num_cpus=args.num_cpus)
     print(out.file("sweep.md").read_text())
     print(f"best: {trials[0]['trial']}; results in {out.path}/")

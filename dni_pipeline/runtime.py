@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "connect_ray", "fetch_verified", "require_resources", "RunFolder", "submit_run",
+__all__ = ["atomic_path", "check_task_resources", "connect_ray", "fetch_verified", "require_resources", "RunFolder", "submit_run",
            "write_json_atomic"]
 
 log = logging.getLogger("dni_pipeline")
@@ -96,6 +96,13 @@ def submit_run(run, config: dict, run_path: str, *, resume: bool = False, num_cp
 
     task = ray.remote(_run_in_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES)
     return task.remote(run, config, str(run_path), resume, max(1, int(num_cpus)))
+
+
+def check_task_resources(device: str, num_cpus: float, num_gpus: float) -> None:
+    """Refuse a training task (diffusion, KG) that asks for cuda without a GPU or more than the cluster has."""
+    if device == "cuda" and num_gpus < 1:
+        raise UserError("--device cuda needs a GPU for the task: add --num-gpus 1")
+    require_resources({"CPU": num_cpus, "GPU": num_gpus}, "lower --num-cpus / --num-gpus or add nodes")
 
 
 def require_resources(needs: dict[str, float], fix: str) -> None:

@@ -10,7 +10,7 @@ import ray
 
 from dni_pipeline.config import check_type, load_config_file
 from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import RunFolder, connect_ray, require_resources, write_json_atomic
+from dni_pipeline.runtime import RunFolder, check_task_resources, connect_ray, write_json_atomic
 
 from .complete import complete, write_tsv
 from .datasets import SHIPPED, load_kg
@@ -87,12 +87,6 @@ def _config(args: argparse.Namespace) -> KGRunConfig:
     return KGRunConfig(train=KGTrainConfig(**train), **{k: v for k, v in merged.items() if k in run_fields}).validate()
 
 
-def _check_resources(cfg: KGRunConfig, args: argparse.Namespace) -> None:
-    if cfg.device == "cuda" and args.num_gpus < 1:
-        raise UserError("--device cuda needs a GPU for the task: add --num-gpus 1")
-    require_resources({"CPU": args.num_cpus, "GPU": args.num_gpus}, "lower --num-cpus / --num-gpus or add nodes")
-
-
 def _print_results(summary: dict) -> None:
     print(f"{summary['model']} on {summary['dataset']}: {summary['epochs']} epochs (best {summary['best_epoch']}), "
           f"train {summary['train_seconds']:.1f} s, test evaluation {summary['eval_seconds']:.2f} s")
@@ -120,15 +114,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         run = RunFolder(args.out or f"runs/kg-{cfg.dataset}-{cfg.train.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)  # bad data fails before any work
     with connect_ray(args.address, args.num_cpus):
-        _check_resources(cfg, args)
+        check_task_resources(cfg.device, args.num_cpus, args.num_gpus)
         summary = ray.get(submit(cfg, str(run.path), resume=resume, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
     _print_results(summary)
     print(f"results in {run.path}/")
 
 
 def cmd_complete(args: argparse.Namespace) -> None:
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist: create it or choose another path")
     run = RunFolder(args.run, resume=True)
-    cfg, data, model = load_trained(run)
+    _, data, model = load_trained(run)
     triples = complete(model, data, answer_index(data), head=args.head, relation=args.relation, tail=args.tail,
                        top_k=args.top_k)
     write_tsv(args.out, triples)
@@ -143,7 +139,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     out = RunFolder(args.out or f"runs/kg-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     load_kg(base.dataset, base.data_dir, base.unseen, base.download)
     with connect_ray(args.address, args.num_cpus):
-        _check_resources(base, args)
+        check_task_resources(base.device, args.num_cpus, args.num_gpus)
         trials = sweep(base, grid, out, samples=args.samples, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     print(out.file("sweep.md").read_text())
     best = trials[0]

@@ -160,6 +160,9 @@ def test_cli_train_and_complete(ray_session, tmp_path, capsys):
     assert main(["kg", "complete", "--run", str(run), "--top-k", "7", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "head\trelation\ttail\tscore" and len(lines) == 8
+    capsys.readouterr()
+    assert main(["kg", "complete", "--run", str(run), "--out", str(tmp_path / "no" / "such.tsv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
