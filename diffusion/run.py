@@ -114,12 +114,12 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
     checkpoint = run.file("checkpoint.pt")
     if resume:
         trainer.load(checkpoint)
-        run.trim_jsonl("metrics.jsonl", "step", trainer.step)
+        run.trim_jsonl("metrics.jsonl", lambda r: r["step"] <= trainer.step)
         log.info("resumed %s at step %d", run.path, trainer.step)
     else:
         run.create()
         write_json_atomic(run.file("config.json"), cfg.to_dict())
-        run.trim_jsonl("metrics.jsonl", "step", 0)  # an attempt that died before its first checkpoint
+        run.trim_jsonl("metrics.jsonl", lambda r: r["step"] <= 0)  # an attempt that died before its first checkpoint
     start, losses = time.time(), []
     bar = progress(desc=f"ddpm {cfg.dataset}", total=cfg.train.steps, unit="step") if progress else None
     if bar:

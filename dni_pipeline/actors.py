@@ -6,6 +6,7 @@ it made them, so stage i sees stage i-1's batches in step order, and a stage nev
 """
 
 import asyncio
+import logging
 import os
 import queue
 import threading
@@ -17,12 +18,15 @@ import numpy as np
 import ray
 import torch
 
+from .checkpoints import CheckpointStore
 from .config import TrainConfig
 from .network import build_aux_head, build_stages, parse_arch, stage_output_shapes
-from .stage import SG_MODES, Message, Stage
+from .stage import SG_MODES, Message, NonFiniteError, Stage
 from .synthetic_gradients import SyntheticGradient
 
 __all__ = ["StageActor", "Ledger"]
+
+log = logging.getLogger("dni_pipeline")
 
 
 @ray.remote(num_cpus=0)
@@ -30,9 +34,10 @@ class Ledger:
     """Counts each stage's handled messages and optimizer updates, keeps their timed events, and wakes
     the driver when a count it waits for is reached (or a stage has failed)."""
 
-    def __init__(self, num_stages: int):
+    def __init__(self, num_stages: int, counts: dict | None = None):
         kinds = ("forward", "backward", "eval", "probe", "probe_backward", "update")
-        self.counts = {kind: [0] * num_stages for kind in kinds}
+        self.counts = counts or {kind: [0] * num_stages for kind in kinds}
+        self.generation = 0  # reports of an earlier generation (before a rollback) are dropped
         self.events: list[dict] = []
         self.error: str | None = None
         self._changed: asyncio.Condition | None = None
@@ -42,15 +47,25 @@ class Ledger:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def report(self, event: dict) -> None:
+    async def report(self, event: dict, generation: int) -> None:
+        if generation != self.generation:
+            return
         self.events.append(event)
         self.counts[event["kind"]][event["stage"]] += 1
         self.counts["update"][event["stage"]] += event["updates"]
-        async with self._condition():
-            self._condition().notify_all()
+        await self._notify()
 
-    async def fail(self, message: str) -> None:
-        self.error = self.error or message
+    async def fail(self, message: str, generation: int) -> None:
+        if generation == self.generation:
+            self.error = self.error or message
+            await self._notify()
+
+    async def reset(self, generation: int, counts: dict) -> None:
+        """Start a new generation from a checkpoint's counts: what the stages did after it is forgotten."""
+        self.generation, self.counts, self.events, self.error = generation, counts, [], None
+        await self._notify()
+
+    async def _notify(self) -> None:
         async with self._condition():
             self._condition().notify_all()
 
@@ -91,14 +106,12 @@ class DelayedLink:
 class StageActor:
     """Holds stage `index` of the network; stage 0 also holds the data and is the only one the driver feeds."""
 
-    def __init__(self, config: dict, index: int, input_shape: tuple, num_classes: int, total_steps: int,
-                 ledger, x_train=None, y_train=None, x_test=None, y_test=None):
+    def __init__(self, config: dict, index: int, input_shape: tuple, num_classes: int, total_steps: int):
         cfg = TrainConfig(**config)
         torch.set_num_threads(max(1, int(cfg.cpus_per_stage)))
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        self.index, self.ledger = index, ledger
+        self.index = index
         self.device = torch.device(cfg.device)
-        self.data = {"train": (x_train, y_train), "eval": (x_test, y_test)}
         self.delay = cfg.stage_delay_ms[index] / 1000.0 if cfg.stage_delay_ms else 0.0
         self.link = DelayedLink(cfg.link_latency_ms / 1000.0) if cfg.link_latency_ms else None
         layers = parse_arch(cfg.arch)
@@ -116,11 +129,56 @@ class StageActor:
                           total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
                           batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
                           sg_trainable=not cfg.sg_off, aux_head=aux_head)
-        self.prev = self.next = None
+        self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
+        self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
+        self.store = CheckpointStore(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        self.loaded: tuple[str, int] | None = None  # (checkpoint file, updates) while the weights are that file's
+        self.generation = 0  # messages of another generation (from before a rollback) are dropped
+        with warnings.catch_warnings():  # the property reads a deprecated one inside Ray
+            warnings.simplefilter("ignore", DeprecationWarning)
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        if reconstructed:
+            self.generation = -1  # nothing is taken until the driver has restored a consistent set
+            self._reload_latest()
 
-    def connect(self, prev, next) -> None:
-        self.prev, self.next = prev, next
+    def connect(self, prev, next, ledger) -> None:
+        """The actors this stage talks to: given after the constructor (and again after a restart) because
+        Ray cannot promise a restartable actor the references among its constructor arguments."""
+        self.prev, self.next, self.ledger = prev, next, ledger
+
+    def attach_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+        """Stage 0's data, from the driver's object store (again after a restart, like `connect`)."""
+        self.data = {"train": (x_train, y_train), "eval": (x_test, y_test)}
+
+    def ping(self) -> dict:
+        return {"stage": self.index, "pid": os.getpid(), "generation": self.generation, "updates": self.core.updates}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save(self, step: int) -> dict:
+        """Write this stage's state between steps; the driver records the file in the run's manifest."""
+        name = f"stage{self.index}-step{step:08d}.pt"
+        sha256 = self.store.save(name, self.core.state_dict())
+        self.loaded = (name, self.core.updates)
+        return {"stage": self.index, "file": name, "sha256": sha256, "updates": self.core.updates}
+
+    def restore(self, generation: int, file: str, sha256: str) -> dict:
+        """Take the state of `file` (unless the weights are still exactly that file's) and start `generation`."""
+        if self.loaded != (file, self.core.updates):
+            self.core.load_state_dict(self.store.load(file, sha256))
+            self.loaded = (file, self.core.updates)
+        self.core.discard_in_flight()  # forwards of the steps to be redone, if the weights were still the file's
+        self.generation = generation
+        return self.ping()
+
+    def _reload_latest(self) -> None:
+        """A restarted actor: take this stage's newest checkpoint at once (the driver may then pick an older
+        one, the newest that every stage has)."""
+        files = self.store.names(f"stage{self.index}-") if self.store else []
+        if files:
+            self.core.load_state_dict(self.store.load(files[-1]))
+            self.loaded = (files[-1], self.core.updates)
+        log.warning("stage %d restarted (pid %d) and reloaded %s", self.index, os.getpid(), files[-1] if files else "nothing")
 
     def placement(self) -> dict:
         ctx = ray.get_runtime_context()
@@ -131,36 +189,40 @@ class StageActor:
         return {k: v.detach().cpu().numpy() for k, v in self.core.module.state_dict().items()}
 
     # -- messages from the driver (stage 0 only) -------------------------------------------------
-    def feed(self, step: int, micro: int, indices: np.ndarray) -> None:
+    def feed(self, step: int, micro: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("train", indices)
-        self._handle("forward", step, micro, None, lambda: self.core.forward(step, micro, x, y))
+        x = self._poisoned(step, x)
+        self._handle("forward", step, micro, None, generation, lambda: self.core.forward(step, micro, x, y))
 
-    def feed_eval(self, batch: int, indices: np.ndarray) -> None:
+    def feed_eval(self, batch: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("eval", indices)
-        self._handle("eval", batch, 0, None, lambda: self.core.evaluate(batch, x, y))
+        self._handle("eval", batch, 0, None, generation, lambda: self.core.evaluate(batch, x, y))
 
-    def feed_probe(self, probe_id: int, indices: np.ndarray) -> None:
+    def feed_probe(self, probe_id: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("train", indices)
-        self._handle("probe", probe_id, 0, None, lambda: self.core.probe(probe_id, x, y))
+        self._handle("probe", probe_id, 0, None, generation, lambda: self.core.probe(probe_id, x, y))
 
     # -- messages from the neighbours ------------------------------------------------------------
-    def forward(self, step: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
-        self._handle("forward", step, micro, sent_at,
-                     lambda: self.core.forward(step, micro, self._tensor(h), self._tensor(labels)))
+    def forward(self, step: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float, generation: int) -> None:
+        h = self._poisoned(step, self._tensor(h))
+        self._handle("forward", step, micro, sent_at, generation,
+                     lambda: self.core.forward(step, micro, h, self._tensor(labels)))
 
-    def backward(self, step: int, micro: int, grad: np.ndarray, sent_at: float) -> None:
-        self._handle("backward", step, micro, sent_at, lambda: self.core.backward(step, micro, self._tensor(grad)))
+    def backward(self, step: int, micro: int, grad: np.ndarray, sent_at: float, generation: int) -> None:
+        self._handle("backward", step, micro, sent_at, generation,
+                     lambda: self.core.backward(step, micro, self._tensor(grad)))
 
-    def eval_forward(self, batch: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
-        self._handle("eval", batch, micro, sent_at,
+    def eval_forward(self, batch: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float,
+                     generation: int) -> None:
+        self._handle("eval", batch, micro, sent_at, generation,
                      lambda: self.core.evaluate(batch, self._tensor(h), self._tensor(labels)))
 
-    def probe(self, probe_id: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float) -> None:
-        self._handle("probe", probe_id, micro, sent_at,
+    def probe(self, probe_id: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float, generation: int) -> None:
+        self._handle("probe", probe_id, micro, sent_at, generation,
                      lambda: self.core.probe(probe_id, self._tensor(h), self._tensor(labels)))
 
-    def probe_backward(self, probe_id: int, micro: int, grad: np.ndarray, sent_at: float) -> None:
-        self._handle("probe_backward", probe_id, micro, sent_at,
+    def probe_backward(self, probe_id: int, micro: int, grad: np.ndarray, sent_at: float, generation: int) -> None:
+        self._handle("probe_backward", probe_id, micro, sent_at, generation,
                      lambda: self.core.probe_backward(probe_id, self._tensor(grad)))
 
     # -- internals -----------------------------------------------------------------------------
@@ -180,28 +242,39 @@ class StageActor:
         args = [message.step, message.micro, message.tensor.detach().cpu().numpy()]
         if message.labels is not None:
             args.append(message.labels.cpu().numpy())
-        args.append(time.time())
+        args += [time.time(), self.generation]
         if self.link:
             self.link.submit(method, *args)
         else:
             method.remote(*args)
         self.transport_seconds += time.perf_counter() - start
 
-    def _handle(self, kind: str, step: int, micro: int, sent_at: float | None, work) -> None:
-        """Run one message's work, timed; report it (or the failure) to the ledger."""
+    def _poisoned(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Fault injection (`inject_nan`): this stage's input of one step becomes NaN."""
+        return x * float("nan") if step == self.nan_step else x
+
+    def _handle(self, kind: str, step: int, micro: int, sent_at: float | None, generation: int, work) -> None:
+        """Run one message's work, timed; report it (or the failure) to the ledger. A message of another
+        generation was sent before a rollback: its step is sent again, so it is dropped."""
+        if generation != self.generation:
+            return
         start, updates, self.transport_seconds = time.time(), self.core.updates, 0.0
         try:
             if self.delay and kind in ("forward", "backward"):
                 time.sleep(self.delay)  # an emulated slower device: its results come out later
             metrics = work()
+        except NonFiniteError as exc:
+            self.ledger.fail.remote(str(exc), generation)
+            raise
         except Exception:
-            self.ledger.fail.remote(f"stage {self.index} failed on {kind} of step {step}:\n{traceback.format_exc()}")
+            self.ledger.fail.remote(f"stage {self.index} failed on {kind} of step {step}:\n{traceback.format_exc()}",
+                                    generation)
             raise
         self.ledger.report.remote({
             "stage": self.index, "kind": kind, "step": step, "micro": micro, "start": start, "end": time.time(),
             "transit": None if sent_at is None else start - sent_at,
             "transport": self.transport_seconds, "updates": self.core.updates - updates, **metrics,
-        })
+        }, generation)
 
 
 BACKWARD_KINDS = ("backward", "probe_backward")

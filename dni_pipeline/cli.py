@@ -19,6 +19,7 @@ from kg.run import KGRunConfig
 from kg.training import KGTrainConfig
 
 from .bench import BenchConfig, run_bench
+from .checkpoints import MANIFEST, read_manifest
 from .cluster_cli import add_cluster_commands
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
 from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
@@ -31,6 +32,10 @@ from .runtime import RunFolder, connect_ray
 __all__ = ["main"]
 
 log = logging.getLogger("dni_pipeline")
+
+
+class Interrupted(Exception):
+    """Ctrl-C ended a run cleanly (checkpoint written): exit code 130, with how to resume."""
 
 DEMO_DIFFUSION = DiffusionRunConfig(dataset="moons")  # the tuned 2-D defaults
 DEMO_KG = KGRunConfig(dataset="umls", train=KGTrainConfig(**kg_preset("umls", "complex")))
@@ -116,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--link-latency-ms", type=float, help="delay added to every message between stages, emulating links between machines (default 0)")
     train.add_argument("--max-in-flight", type=int, help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
     train.add_argument("--stage-delay-ms", type=_float_list, help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
+    train.add_argument("--checkpoint-dir", help="where every stage saves its checkpoints: a path or URI all nodes can reach (default RUN/checkpoints)")
+    train.add_argument("--checkpoint-every", type=int, help="steps between stage checkpoints; a lost stage costs at most these (default 0: at each evaluation)")
+    train.add_argument("--max-restarts", type=int, help=f"times each stage actor is restarted after dying before the run gives up (default {d.max_restarts})")
+    train.add_argument("--stall-timeout", type=float, help=f"seconds a stage may leave a ping unanswered before it is restarted as stuck (default {d.stall_timeout:g})")
+    train.add_argument("--inject-nan", type=_int_list, help="fault injection for testing: STAGE,STEP makes that stage's input NaN at that step; the run stops naming it")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint, with its own config (only --data-dir and --address may change)")
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
@@ -156,34 +167,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool) -> dict:
-    """One run into its folder: metrics while it trains, summary and plot when it ends."""
+def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool, resume: bool = False) -> dict:
+    """One run into its folder: metrics and checkpoints while it trains, summary and plot when it ends."""
     run.create()
-    with run.jsonl("metrics.jsonl") as append:
-
-        def on_eval(record: dict, steps: list[dict]) -> None:
-            for step in steps:
-                append({"kind": "step", **step})
-            append({"kind": "eval", **record})
-            log.info("%s step %d (epoch %g): test accuracy %.4f", cfg.mode, record["step"], record["epoch"],
-                     record["test_accuracy"])
-
-        result = run_training(cfg, data, on_eval=on_eval, progress=progress)
+    result = run_training(cfg, data, run, resume=resume, progress=progress)
     run.write_json("summary.json", result.summary)
     plot_curves(run.file("curves.png"), result.steps, result.evals,
                 f"{cfg.mode}, {cfg.stages} stages, {data.name} ({cfg.arch})")
     return result.summary
 
 
+RESUME_FLAGS = ("data_dir", "address")  # where a resumed run finds its data and cluster may change; nothing else
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    file_values = load_config_file(args.config) if args.config else {}
-    cfg = build_config(file_values, vars(args))
-    run = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        changed = [k for k, v in vars(args).items() if v is not None and k in TrainConfig.__annotations__
+                   and k not in RESUME_FLAGS] + (["config"] if args.config else [])
+        if changed:
+            raise UserError(f"--resume continues a run with its own config: drop --{changed[0].replace('_', '-')}")
+        run = RunFolder(args.resume, resume=True, checkpoint=MANIFEST)
+        cfg = build_config(read_manifest(run)["config"], {k: getattr(args, k) for k in RESUME_FLAGS})
+    else:
+        cfg = build_config(load_config_file(args.config) if args.config else {}, vars(args))
+        run = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.seed)
     with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
         check_capacity(cfg)
-        summary = _train_one(cfg, data, run, not args.no_progress)
+        summary = _train_one(cfg, data, run, not args.no_progress, resume=bool(args.resume))
     print(format_table([summary], SUMMARY_COLUMNS))
+    if summary["stopped_by"] == "interrupt":
+        raise Interrupted(f"stopped at step {summary['steps']} of {summary['planned_steps']} with a checkpoint: "
+                          f"continue with `dni-pipeline train --resume {run.path}`")
     print(f"results in {run.path}/")
 
 
@@ -270,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"dni-pipeline: training failed: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"dni-pipeline: interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("dni-pipeline: interrupted", file=sys.stderr)
         return 130

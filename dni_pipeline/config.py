@@ -47,6 +47,11 @@ class TrainConfig:
     address: str | None = None
     stage_delay_ms: list[float] = field(default_factory=list)
     out: str | None = None
+    checkpoint_dir: str | None = None  # path or URI every node can reach; None: the run folder's checkpoints/
+    checkpoint_every: int = 0  # steps between stage checkpoints; 0: at each evaluation
+    max_restarts: int = 3  # restarts of each stage actor before the run gives up
+    stall_timeout: float = 300.0  # seconds a stage may leave a ping unanswered before it is declared stuck
+    inject_nan: list[int] = field(default_factory=list)  # fault injection: [stage, step] gets a NaN input
 
     def resolved_sg_hidden(self) -> list[int]:
         return DEFAULT_SG_HIDDEN.get(self.mode, []) if self.sg_hidden is None else self.sg_hidden
@@ -90,6 +95,14 @@ class TrainConfig:
         need(
             not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,
             f"--stage-delay-ms needs one value per stage ({self.stages}), got {len(self.stage_delay_ms)}",
+        )
+        need(self.checkpoint_every >= 0 and self.max_restarts >= 0,
+             "--checkpoint-every and --max-restarts must be 0 or more")
+        need(self.stall_timeout > 0, f"--stall-timeout must be positive (got {self.stall_timeout})")
+        need(
+            not self.inject_nan or (len(self.inject_nan) == 2 and 0 <= self.inject_nan[0] < self.stages
+                                    and self.inject_nan[1] >= 0),
+            f"--inject-nan takes STAGE,STEP with 0 <= STAGE < {self.stages} (got {self.inject_nan})",
         )
         layers = parse_arch(self.arch)
         need(

@@ -194,13 +194,21 @@ class RunFolder:
     def write_json(self, name: str, obj) -> None:
         write_json_atomic(self.file(name), obj)
 
-    def trim_jsonl(self, name: str, key: str, last: int) -> None:
-        """Keep only the records with `key` <= `last`: on resume, what comes after the checkpoint is redone."""
+    def trim_jsonl(self, name: str, keep: Callable[[dict], bool]) -> None:
+        """Keep only the records `keep` accepts: on resume, what comes after the checkpoint is redone."""
         path = self.file(name)
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)[key] <= last]
+            kept = [line for line in path.read_text().splitlines() if keep(json.loads(line))]
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept))
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        path = self.file(name)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def append_jsonl(self, name: str, records: list[dict]) -> None:
+        with open(self.file(name), "a") as f:
+            f.write("".join(json.dumps(record) + "\n" for record in records))
 
     @contextlib.contextmanager
     def jsonl(self, name: str):

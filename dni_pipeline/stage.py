@@ -25,11 +25,15 @@ from torch import nn
 
 from .synthetic_gradients import SyntheticGradient
 
-__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "Message", "Stage", "learning_rate"]
+__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "Message", "NonFiniteError", "Stage", "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
 MODES = LOCKED_MODES + SG_MODES + ("dgl",)
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a loss, an activation or a gradient: training cannot go on from it."""
 
 
 @dataclass
@@ -102,9 +106,9 @@ class Stage:
         if self.mode in LOCKED_MODES:
             return self._locked_forward(step, micro, h_in, labels)
         h_in = h_in.requires_grad_(self.index > 0)
-        out = self.module(h_in)
+        out = self._check("activation", step, self.module(h_in))
         if self.is_last:
-            loss = F.cross_entropy(out, labels)
+            loss = self._check("loss", step, F.cross_entropy(out, labels))
             loss.backward()
             self._send_input_grad(step, micro, h_in)
             self._step(step)
@@ -119,13 +123,14 @@ class Stage:
             h = out.detach()
             if self.sg_trainable:
                 self.pending[(step, micro)] = (h, labels)
-            out.backward(self.sg.predict(h, labels))
+            out.backward(self._check("synthetic gradient", step, self.sg.predict(h, labels)))
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
         """True gradient (locked modes) or synthetic-gradient regression target (dni, cdni)."""
+        self._check("gradient (SG target)" if self.mode in SG_MODES else "gradient", step, grad)
         if self.mode in LOCKED_MODES:
             self._locked_backward(step, micro, grad)
             self._run_deferred()
@@ -147,13 +152,13 @@ class Stage:
             self.deferred.append((step, micro, h_in, labels))
             return {}
         h_in = h_in.requires_grad_(self.index > 0)
-        out = self.module(h_in)
+        out = self._check("activation", step, self.module(h_in))
         if not self.is_last:
             self.pending[(step, micro)] = (h_in, out)
             self.send(Message("forward", step, out.detach(), labels, micro))
             return {}
         # Weighted so the micro-batch losses sum to the mean loss of the whole mini-batch.
-        loss = F.cross_entropy(out, labels) * (len(labels) / (self.batch_size or len(labels)))
+        loss = self._check("loss", step, F.cross_entropy(out, labels) * (len(labels) / (self.batch_size or len(labels))))
         self.pending[(step, micro)] = (h_in, loss)
         if self.mode != "gpipe":
             self._locked_backward(step, micro, None)
@@ -213,7 +218,38 @@ class Stage:
             self.send(Message("probe_backward", probe_id, grad_in))
         return {"sg_cosine": cosine}
 
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a restarted stage needs to go on exactly where this one stands: taken only between
+        steps (nothing pending), and refused if a weight is no longer finite."""
+        if any((self.pending, self.deferred, self.probes, self.backwards_done)):
+            raise RuntimeError(f"stage {self.index} has work in flight: checkpoints are taken between steps")
+        for name, value in self.module.state_dict().items():
+            self._check(f"weight {name}", self.updates, value)
+        return {"updates": self.updates, **{k: v.state_dict() for k, v in self._parts().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, part in self._parts().items():
+            part.load_state_dict(state[key])
+        self.updates = state["updates"]
+        self.discard_in_flight()
+
+    def discard_in_flight(self) -> None:
+        """Forget steps begun but not finished (they are sent again after a rollback)."""
+        for held in (self.pending, self.deferred, self.probes, self.backwards_done):
+            held.clear()
+
     # -- internals -----------------------------------------------------------------------------
+    def _parts(self) -> dict:
+        parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
+                 "aux": self.aux}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"stage {self.index}: non-finite {what} at step {step}")
+        return tensor
+
     def _send_input_grad(self, step: int, micro: int, h_in: torch.Tensor) -> None:
         if self.index > 0 and self.mode != "dgl":
             self.send(Message("backward", step, h_in.grad, micro=micro))
@@ -223,6 +259,8 @@ class Stage:
             group["lr"] = learning_rate(base, self.lr_schedule, step, self.total_steps)
 
     def _step(self, step: int) -> None:
+        if step != self.updates:  # each step once, in order: a replayed or skipped step is a bug, not a result
+            raise RuntimeError(f"stage {self.index} was asked to apply step {step} after {self.updates} updates")
         self._set_lr(self.optimizer, self.lr, step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -99,12 +99,12 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
         best_model, state = saved["best_model"], saved["state"]
         if state.get("stop_reason") == "time budget" and state["train_seconds"] < 60 * t.time_budget:
             state.update(stopped=False, stop_reason=None)  # resumed with a larger budget: train on
-        run.trim_jsonl("metrics.jsonl", "epoch", state["epoch"])
+        run.trim_jsonl("metrics.jsonl", lambda r: r["epoch"] <= state["epoch"])
         log.info("resumed %s at epoch %d", run.path, state["epoch"])
     else:
         run.create()
         write_json_atomic(run.file("config.json"), cfg.to_dict())
-        run.trim_jsonl("metrics.jsonl", "epoch", 0)  # an attempt that died before its first checkpoint
+        run.trim_jsonl("metrics.jsonl", lambda r: r["epoch"] <= 0)  # an attempt that died before its first checkpoint
     log.info("kg %s: %d entities, %d relations, %d train triples (x2 with reciprocals); %s trained %s",
              data.name, data.num_entities, data.num_relations, len(data.splits["train"]), t.model, t.loss_kind)
     bar = progress(desc=f"kg {t.model} {data.name}", total=t.epochs, unit="epoch") if progress else None
