@@ -171,10 +171,14 @@ def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool, resume: b
     """One run into its folder: metrics and checkpoints while it trains, summary and plot when it ends."""
     run.create()
     result = run_training(cfg, data, run, resume=resume, progress=progress)
-    run.write_json("summary.json", result.summary)
+    summary = result.summary
+    run.write_json("summary.json", summary)
     plot_curves(run.file("curves.png"), result.steps, result.evals,
                 f"{cfg.mode}, {cfg.stages} stages, {data.name} ({cfg.arch})")
-    return result.summary
+    if summary["stopped_by"] == "interrupt":
+        raise Interrupted(f"stopped at step {summary['steps']} of {summary['planned_steps']} with a checkpoint: "
+                          f"continue with `dni-pipeline train --resume {run.path}`")
+    return summary
 
 
 RESUME_FLAGS = ("data_dir", "address")  # where a resumed run finds its data and cluster may change; nothing else
@@ -196,9 +200,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         check_capacity(cfg)
         summary = _train_one(cfg, data, run, not args.no_progress, resume=bool(args.resume))
     print(format_table([summary], SUMMARY_COLUMNS))
-    if summary["stopped_by"] == "interrupt":
-        raise Interrupted(f"stopped at step {summary['steps']} of {summary['planned_steps']} with a checkpoint: "
-                          f"continue with `dni-pipeline train --resume {run.path}`")
     print(f"results in {run.path}/")
 
 

@@ -259,7 +259,7 @@ class _Driver:
 
     def recover(self, lost: StageLost, checkpoint: dict) -> dict:
         """Bring a lost stage back (Ray restarts its actor) and every stage to the checkpoint; return what happened."""
-        started, at_step = time.monotonic(), max((self.last_counts or {}).get("update", [0]))
+        detected_at, started, at_step = time.time(), time.monotonic(), max((self.last_counts or {}).get("update", [0]))
         self.restarts[lost.stage] += 1
         if self.restarts[lost.stage] > self.cfg.max_restarts:
             raise PipelineError(f"{lost} for the {self.restarts[lost.stage]}th time; --max-restarts is {self.cfg.max_restarts}")
@@ -267,7 +267,7 @@ class _Driver:
         log.warning("%s near step %d: restarting it and going back to the checkpoint of step %d",
                     lost, at_step, checkpoint["step"])
         self.restore(checkpoint)
-        record = {"stage": lost.stage, "reason": lost.reason, "detected_near_step": at_step,
+        record = {"stage": lost.stage, "reason": lost.reason, "detected_at": round(detected_at, 3), "detected_near_step": at_step,
                   "rolled_back_to": checkpoint["step"], "restore_seconds": round(time.monotonic() - started, 3),
                   "node_before": node_before, "node_after": self.placement[lost.stage]["node_id"]}
         log.warning("stage %d is back on node %s after %.1f s; steps from %d are sent again", lost.stage,
@@ -346,6 +346,9 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}
     steps, evals, checkpoint, stopped_by, session_seconds, wall_offset = [], [], None, None, 0.0, 0.0
+    # Ctrl-C ends a run with a folder cleanly (a checkpoint to resume from); without one it stops at once.
+    catch_interrupt = run is not None and threading.current_thread() is threading.main_thread()
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     eval_points = set(_evaluation_points(driver.total_steps, cfg.eval_every or driver.steps_per_epoch))
     every = cfg.checkpoint_every
     points = sorted(eval_points | set(range(every, driver.total_steps, every) if every else ()))
@@ -374,7 +377,7 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
         log.info("%d %s stages on %s; %d steps of batch %d, %d in flight", cfg.stages, cfg.mode,
                  ", ".join(p["node_ip"] + "/" + p["device"] for p in driver.placement), driver.total_steps,
                  cfg.batch_size, cfg.window())
-        if threading.current_thread() is threading.main_thread():
+        if catch_interrupt:
             signal.signal(signal.SIGINT, driver.request_stop)
         with tqdm(total=driver.total_steps, initial=driver.next_step, unit="step", desc=f"{cfg.mode} x{cfg.stages}",
                   disable=not progress) as bar:
@@ -414,8 +417,8 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
                     bar.refresh()
         stage_updates = [p["updates"] for p in ray.get([stage.ping.remote() for stage in driver.stages])]
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if catch_interrupt:
+            signal.signal(signal.SIGINT, interrupt_handler)
         driver.close()
     events = driver.events
     utilization, transport = _utilization(events, cfg.stages, session_seconds)
