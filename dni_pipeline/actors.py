@@ -34,9 +34,9 @@ class Ledger:
     """Counts each stage's handled messages and optimizer updates, keeps their timed events, and wakes
     the driver when a count it waits for is reached (or a stage has failed)."""
 
-    def __init__(self, num_stages: int, counts: dict | None = None):
+    def __init__(self, num_stages: int):
         kinds = ("forward", "backward", "eval", "probe", "probe_backward", "update")
-        self.counts = counts or {kind: [0] * num_stages for kind in kinds}
+        self.counts = {kind: [0] * num_stages for kind in kinds}
         self.generation = 0  # reports of an earlier generation (before a rollback) are dropped
         self.events: list[dict] = []
         self.error: str | None = None
@@ -133,7 +133,6 @@ class StageActor:
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
         self.store = CheckpointStore(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-        self.loaded: tuple[str, int] | None = None  # (checkpoint file, updates) while the weights are that file's
         self.generation = 0  # messages of another generation (from before a rollback) are dropped
         with warnings.catch_warnings():  # the property reads a deprecated one inside Ray
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -159,15 +158,12 @@ class StageActor:
         """Write this stage's state between steps; the driver records the file in the run's manifest."""
         name = f"stage{self.index}-step{step:08d}.pt"
         sha256 = self.store.save(name, self.core.state_dict())
-        self.loaded = (name, self.core.updates)
         return {"stage": self.index, "file": name, "sha256": sha256, "updates": self.core.updates}
 
     def restore(self, generation: int, file: str, sha256: str) -> dict:
-        """Take the state of `file` (unless the weights are still exactly that file's) and start `generation`."""
-        if self.loaded != (file, self.core.updates):
-            self.core.load_state_dict(self.store.load(file, sha256))
-            self.loaded = (file, self.core.updates)
-        self.core.discard_in_flight()  # forwards of the steps to be redone, if the weights were still the file's
+        """Take the state of `file` and start `generation`. Always from the file: even a stage that applied no
+        update since has run forwards since, which moved its BatchNorm statistics."""
+        self.core.load_state_dict(self.store.load(file, sha256))
         self.generation = generation
         return self.ping()
 
@@ -177,7 +173,6 @@ class StageActor:
         files = self.store.names(f"stage{self.index}-") if self.store else []
         if files:
             self.core.load_state_dict(self.store.load(files[-1]))
-            self.loaded = (files[-1], self.core.updates)
         log.warning("stage %d restarted (pid %d) and reloaded %s", self.index, os.getpid(), files[-1] if files else "nothing")
 
     def placement(self) -> dict:

@@ -80,7 +80,7 @@ def stage_resources(cfg: TrainConfig) -> dict:
 
 
 class _Driver:
-    def __init__(self, cfg: TrainConfig, data: Dataset, ledger_counts: dict | None = None):
+    def __init__(self, cfg: TrainConfig, data: Dataset):
         self.cfg, self.data = cfg, data
         self.steps_per_epoch = len(data.x_train) // cfg.batch_size
         if self.steps_per_epoch == 0:
@@ -88,7 +88,7 @@ class _Driver:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         # The ledger lives on the driver's node: losing another node must not lose the run's bookkeeping.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.ledger = Ledger.options(scheduling_strategy=here).remote(cfg.stages, ledger_counts)
+        self.ledger = Ledger.options(scheduling_strategy=here).remote(cfg.stages)
         self.data_refs = [ray.put(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
         actor_class = ray.remote(StageActor)
         run_id = uuid.uuid4().hex[:8]
@@ -342,7 +342,7 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
     if run:
         cfg = replace(cfg, checkpoint_dir=_absolute(cfg.checkpoint_dir or str(run.file("checkpoints"))))
         store = CheckpointStore(cfg.checkpoint_dir)
-    driver = _Driver(cfg, data, previous["ledger_counts"] if previous else None)
+    driver = _Driver(cfg, data)
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}
     steps, evals, checkpoint, stopped_by, session_seconds, wall_offset = [], [], None, None, 0.0, 0.0
@@ -381,8 +381,11 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
             signal.signal(signal.SIGINT, driver.request_stop)
         with tqdm(total=driver.total_steps, initial=driver.next_step, unit="step", desc=f"{cfg.mode} x{cfg.stages}",
                   disable=not progress) as bar:
-            if run and not checkpoint:
-                checkpoint = save_checkpoint()  # step 0: a stage lost before the first evaluation has a place to go back to
+            try:
+                if run and not checkpoint:
+                    checkpoint = save_checkpoint()  # step 0: a stage lost before the first evaluation has a place to go back to
+            except StageLost as lost:
+                raise PipelineError(f"{lost} before the first checkpoint") from None
             while not stopped_by:
                 evaluated = {e["step"] for e in evals}
                 todo = [p for p in points if p > driver.next_step or (p == driver.next_step and p in eval_points
@@ -420,16 +423,24 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
         if catch_interrupt:
             signal.signal(signal.SIGINT, interrupt_handler)
         driver.close()
+    summary = _summary(cfg, data.name, driver, state, stopped_by, stage_updates, session_seconds, evals,
+                       wall_offset + time.time() - wall_start)
+    return TrainResult(summary, steps, evals, driver.events)
+
+
+def _summary(cfg: TrainConfig, dataset: str, driver: _Driver, state: dict, stopped_by: str | None,
+             stage_updates: list[int], session_seconds: float, evals: list[dict], wall_seconds: float) -> dict:
+    """summary.json: the run's outcome, its counters over every resume, and this session's timeline figures."""
     events = driver.events
     utilization, transport = _utilization(events, cfg.stages, session_seconds)
     transits = [e["transit"] for e in events if e["transit"] is not None and e["kind"] in ("forward", "backward")]
     last = evals[-1] if evals else {}
-    summary = {
+    return {
         "mode": cfg.mode,
         "stages": cfg.stages,
         "micro_batches": cfg.resolved_micro_batches(),
         "epochs": cfg.epochs,
-        "dataset": data.name,
+        "dataset": dataset,
         "arch": cfg.arch,
         "batch_size": cfg.batch_size,
         "steps": stage_updates[-1],
@@ -452,11 +463,10 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
         "time_to_target_seconds": None if state["time_to_target"] is None else round(state["time_to_target"], 3),
         "train_seconds": round(state["train_seconds"], 3),
         "checkpoint_seconds": round(state["checkpoint_seconds"], 3),
-        "wall_seconds": round(wall_offset + time.time() - wall_start, 3),
+        "wall_seconds": round(wall_seconds, 3),
         "placement": driver.placement,
         "config": cfg.to_dict(),
     }
-    return TrainResult(summary, steps, evals, events)
 
 
 def _evaluation(driver: _Driver, train_seconds: float) -> dict:

@@ -232,12 +232,8 @@ class Stage:
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
         self.updates = state["updates"]
-        self.discard_in_flight()
-
-    def discard_in_flight(self) -> None:
-        """Forget steps begun but not finished (they are sent again after a rollback)."""
         for held in (self.pending, self.deferred, self.probes, self.backwards_done):
-            held.clear()
+            held.clear()  # steps begun but not finished: they are sent again after a rollback
 
     # -- internals -----------------------------------------------------------------------------
     def _parts(self) -> dict:

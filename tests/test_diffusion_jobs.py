@@ -42,6 +42,41 @@ def test_resume_continues_to_the_same_weights(ray_session, tmp_path):
             assert torch.equal(a[key][name], b[key][name]), name
 
 
+def test_a_run_killed_mid_way_resumes_with_no_step_lost_or_repeated(tmp_path):
+    """Killed after step 30 (checkpoint at 20): the resumed run redoes 21-30 and ends as the whole run ends."""
+    from diffusion.run import DiffusionRunConfig, run_diffusion
+    from diffusion.trainer import DiffusionTrainConfig
+    from dni_pipeline.runtime import RunFolder
+
+    cfg = DiffusionRunConfig(dataset="8gaussians", train=DiffusionTrainConfig(steps=40, batch_size=64), width=32, depth=1,
+                             eval_samples=200, sample_steps=10, checkpoint_every=20, log_every=10)
+    run_diffusion(cfg, RunFolder(tmp_path / "whole"))
+
+    class KilledAtStep30:
+        def __init__(self, **_):
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+
+        def set_description(self, _):
+            if self.n == 30:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        run_diffusion(cfg, RunFolder(tmp_path / "killed"), progress=KilledAtStep30)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 20
+    summary = run_diffusion(cfg, RunFolder(tmp_path / "killed", resume=True), resume=True)
+    assert summary["resumed"] and summary["steps"] == summary["planned_steps"] == 40
+    assert [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()] == [10, 20, 30, 40]
+    whole, killed = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True) for name in ("whole", "killed"))
+    for name in whole["model"]:
+        assert torch.equal(whole["model"][name], killed["model"][name]), name
+
+
 def test_sweep_runs_parallel_tasks_and_ranks_them(ray_session, tmp_path):
     out = tmp_path / "sweep"
     assert main(["diffusion", "sweep", *QUICK, "--grid", "lr=1e-3,3e-3", "--grid", "objective=eps,v",
