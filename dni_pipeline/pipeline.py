@@ -133,9 +133,11 @@ class _Driver:
         for i, ref in enumerate(self.pings):
             if ray.wait([ref], timeout=0)[0]:
                 try:
-                    ray.get(ref)
+                    answer = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     raise StageLost(i, f"its actor died ({type(exc).__name__})") from None
+                if answer["generation"] != self.generation:  # the ping reached a restarted actor
+                    raise StageLost(i, f"its actor was restarted (now pid {answer['pid']})")
                 self.pings[i], self.ping_sent[i] = self.stages[i].ping.remote(), now
             elif now - self.ping_sent[i] > self.cfg.stall_timeout:
                 ray.kill(self.stages[i], no_restart=False)
