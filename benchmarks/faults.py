@@ -63,7 +63,7 @@ def in_process(args, cfg: TrainConfig, data, name: str, fault) -> dict:
     run = args.out / name
     struck = after_checkpoint(run, args.fault_after, args.delay, fault) if fault else {}
     started = time.time()
-    summary = run_training(cfg, data, RunFolder(run).create(), progress=False).summary
+    summary = run_training(cfg, data, RunFolder(run), progress=False).summary
     return row(name, summary, time.time() - started, struck.get("at"))
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     try:
         if not args.no_fault:
             threading.Thread(target=remove_node_of_stage_1, daemon=True).start()
-        summary = run_training(cfg, data, RunFolder(args.run).create(), progress=False).summary
+        summary = run_training(cfg, data, RunFolder(args.run), progress=False).summary
         print(json.dumps({**summary, **removed}))
     finally:
         ray.shutdown()

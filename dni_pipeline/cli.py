@@ -169,7 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool, resume: bool = False) -> dict:
     """One run into its folder: metrics and checkpoints while it trains, summary and plot when it ends."""
-    run.create()
     result = run_training(cfg, data, run, resume=resume, progress=progress)
     summary = result.summary
     run.write_json("summary.json", summary)

@@ -343,7 +343,8 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
     store = None
     if run:
         cfg = replace(cfg, checkpoint_dir=_absolute(cfg.checkpoint_dir or str(run.file("checkpoints"))))
-        store = CheckpointStore(cfg.checkpoint_dir)
+        store = CheckpointStore(cfg.checkpoint_dir)  # a storage that cannot be used is refused before the folder exists
+        run.create()
     driver = _Driver(cfg, data)
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}

@@ -32,7 +32,7 @@ def _digits_config(**overrides) -> TrainConfig:
 
 def _run(cfg: TrainConfig, folder: Path, fault=None) -> dict:
     """Train into `folder`; `fault(run_folder)` runs in a thread once the checkpoint of step 40 is written."""
-    run = RunFolder(folder).create()
+    run = RunFolder(folder)
     if fault:
         def when_ready():
             while _manifest_step(folder) < 40:
@@ -235,3 +235,12 @@ def test_a_removed_node_moves_its_stage_to_a_surviving_node_and_the_run_complete
     assert summary["placement"][1]["node_id"] == recovery["node_after"]
     _assert_every_step_once(tmp_path / "run", summary)
     assert summary["test_accuracy"] > 0.85
+
+
+def test_a_checkpoint_dir_that_cannot_be_used_is_refused_before_the_run_folder_exists(ray_session, tmp_path, capsys):
+    from dni_pipeline.cli import main
+
+    assert main(["train", "--dataset", "digits", "--stages", "2", "--checkpoint-dir", "nosuchscheme://x",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "checkpoint_dir nosuchscheme://x cannot be used (Protocol not known" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
