@@ -155,8 +155,9 @@ class _Driver:
             self.check_stages()
             if status["counts"] != self.last_counts:
                 self.last_counts, last_progress = status["counts"], time.monotonic()
-            elif time.monotonic() - last_progress > self.cfg.stall_timeout:
-                raise PipelineError(f"no stage made progress for {self.cfg.stall_timeout:g} s (counts {status['counts']})")
+            elif time.monotonic() - last_progress > 2 * self.cfg.stall_timeout:  # later than any stuck stage is found
+                raise PipelineError(f"no stage made progress for {2 * self.cfg.stall_timeout:g} s while all answer "
+                                    f"pings (counts {status['counts']})")
 
     def batch(self, step: int) -> np.ndarray:
         """Indices of a global step's mini-batch (each epoch a fresh seeded shuffle)."""
