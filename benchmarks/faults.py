@@ -23,7 +23,7 @@ import ray
 
 from dni_pipeline.config import TrainConfig
 from dni_pipeline.data import load_dataset
-from dni_pipeline.pipeline import run_training
+from dni_pipeline.run import run_training
 from dni_pipeline.runtime import RunFolder, write_json_atomic
 
 HERE = Path(__file__).parent

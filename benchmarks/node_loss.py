@@ -17,7 +17,7 @@ from ray.cluster_utils import Cluster
 
 from dni_pipeline.config import TrainConfig
 from dni_pipeline.data import load_dataset
-from dni_pipeline.pipeline import run_training
+from dni_pipeline.run import run_training
 from dni_pipeline.runtime import RunFolder
 
 

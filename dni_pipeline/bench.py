@@ -16,8 +16,8 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .data import Dataset
 from .errors import UserError
-from .pipeline import TrainResult, run_training
 from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_timeline
+from .run import TrainResult, run_training
 from .runtime import RunFolder
 
 __all__ = ["BenchConfig", "run_bench", "markdown_table"]

@@ -25,7 +25,8 @@ from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_fi
 from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
 from .errors import UserError
 from .network import PRESETS
-from .pipeline import PipelineError, check_capacity, run_training
+from .pipeline import PipelineError, check_capacity
+from .run import run_training
 from .plots import plot_curves
 from .runtime import RunFolder, connect_ray
 

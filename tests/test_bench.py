@@ -7,7 +7,7 @@ import pytest
 from dni_pipeline.bench import BenchConfig, _add_ratios
 from dni_pipeline.cli import main
 from dni_pipeline.config import TrainConfig
-from dni_pipeline.pipeline import bubble_formula
+from dni_pipeline.run import bubble_formula
 
 TINY = ["--dataset", "synthetic", "--arch", "fc16*2", "--batch-size", "64", "--no-progress"]
 

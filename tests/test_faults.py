@@ -18,7 +18,8 @@ from dni_pipeline.config import TrainConfig
 from dni_pipeline.data import load_dataset
 from dni_pipeline.errors import UserError
 from dni_pipeline.network import build_stages, parse_arch
-from dni_pipeline.pipeline import PipelineError, run_training
+from dni_pipeline.pipeline import PipelineError
+from dni_pipeline.run import run_training
 from dni_pipeline.runtime import RunFolder
 from dni_pipeline.stage import Stage
 

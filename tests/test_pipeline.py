@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from dni_pipeline.config import TrainConfig
 from dni_pipeline.data import batch_order, load_dataset
 from dni_pipeline.network import build_stages, parse_arch
-from dni_pipeline.pipeline import _Driver, run_training
+from dni_pipeline.pipeline import Driver
+from dni_pipeline.run import run_training
 from dni_pipeline.stage import learning_rate
 
 
@@ -38,7 +39,7 @@ def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode):
     cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=3, epochs=2, lr=3e-3,
                       micro_batches=3).validate()  # 256 = 86 + 85 + 85: unequal micro-batches on purpose
     data = load_dataset("synthetic", None)
-    driver = _Driver(cfg, data)
+    driver = Driver(cfg, data)
     try:
         progress = type("Bar", (), {"n": 0, "update": lambda self, k: None})()
         driver.train_until(driver.total_steps, progress)
