@@ -71,8 +71,11 @@ class CheckpointStore:
         names = (Path(p).name for p in self.fs.ls(self.root, detail=False))
         return sorted(n for n in names if n.startswith(prefix))
 
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
     def remove(self, name: str) -> None:
-        if self.fs.exists(self.path(name)):
+        if self.exists(name):
             self.fs.rm(self.path(name))
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from .checkpoints import CheckpointStore, read_manifest, write_manifest
+from .checkpoints import MANIFEST, CheckpointStore, read_manifest, write_manifest
 from .config import TrainConfig
 from .data import Dataset
+from .errors import UserError
 from .pipeline import Driver, PipelineError, StageLost
 from .runtime import RunFolder
 from .stage import LOCKED_MODES
@@ -90,12 +91,18 @@ def run_training(cfg: TrainConfig, data: Dataset, run: RunFolder | None = None, 
     """
     wall_start = time.time()
     previous = read_manifest(run) if resume else None
-    store = None
+    store, stage_cfg = None, cfg
     if run:
-        cfg = replace(cfg, checkpoint_dir=_absolute(cfg.checkpoint_dir or str(run.file("checkpoints"))))
-        store = CheckpointStore(cfg.checkpoint_dir)  # a storage that cannot be used is refused before the folder exists
+        if cfg.checkpoint_dir:  # the manifest names it absolutely; the default is found in the run folder, even moved
+            cfg = replace(cfg, checkpoint_dir=_absolute(cfg.checkpoint_dir))
+        stage_cfg = replace(cfg, checkpoint_dir=cfg.checkpoint_dir or str(run.file("checkpoints").resolve()))
+        store = CheckpointStore(stage_cfg.checkpoint_dir)  # a storage that cannot be used is refused before the folder exists
+        missing = [f["file"] for f in previous["stages"] if not store.exists(f["file"])] if previous else []
+        if missing:
+            raise UserError(f"checkpoint {store.path(missing[0])} named by {run.file(MANIFEST)} is missing: "
+                            "restore it or start a new run")
         run.create()
-    driver = Driver(cfg, data)
+    driver = Driver(stage_cfg, data)
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}
     steps, evals, checkpoint, stopped_by, session_seconds, wall_offset = [], [], None, None, 0.0, 0.0

@@ -163,7 +163,7 @@ def test_a_nan_at_a_stage_stops_the_run_naming_it_and_keeps_the_last_good_checkp
         _run(cfg, tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert manifest["step"] == 30
-    store = CheckpointStore(manifest["config"]["checkpoint_dir"])
+    store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
     for entry in manifest["stages"]:
         state = store.load(entry["file"], entry["sha256"])
         assert state["updates"] == 30 and all(torch.isfinite(v).all() for v in state["module"].values())
@@ -195,6 +195,7 @@ def test_interrupted_then_killed_driver_resumes_with_no_step_lost_or_repeated(tm
     interrupted = json.loads((run / "summary.json").read_text())
     assert interrupted["stopped_by"] == "interrupt" and f"--resume {run}" in err
     assert _manifest_step(run) == interrupted["steps"] >= 20 and interrupted["stage_updates"][0] == interrupted["steps"]
+    run = run.rename(tmp_path / "moved")  # the default checkpoint folder moves with its run folder
 
     second = _start_cli("train", "--resume", str(run))
     _wait_for_step(run, interrupted["steps"] + 40, second)
@@ -245,3 +246,13 @@ def test_a_checkpoint_dir_that_cannot_be_used_is_refused_before_the_run_folder_e
                  "--out", str(tmp_path / "run")]) == 2
     assert "checkpoint_dir nosuchscheme://x cannot be used (Protocol not known" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_manifest_whose_checkpoint_files_are_gone(ray_session, tmp_path, capsys):
+    from dni_pipeline.cli import main
+
+    manifest = {"format": 1, "step": 20, "stages": [{"stage": 0, "file": "stage0-step00000020.pt", "sha256": "0"}],
+                "config": _digits_config(stages=1).to_dict()}
+    (tmp_path / "checkpoint.json").write_text(json.dumps(manifest))
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert f"checkpoint {tmp_path}/checkpoints/stage0-step00000020.pt named by" in capsys.readouterr().err
