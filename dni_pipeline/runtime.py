@@ -196,15 +196,23 @@ class RunFolder:
 
     def trim_jsonl(self, name: str, keep: Callable[[dict], bool]) -> None:
         """Keep only the records `keep` accepts: on resume, what comes after the checkpoint is redone."""
-        path = self.file(name)
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if keep(json.loads(line))]
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+        if self.file(name).exists():
+            kept = [record for record in self.read_jsonl(name) if keep(record)]
+            with atomic_path(self.file(name)) as tmp:
+                tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def read_jsonl(self, name: str) -> list[dict]:
+        """The records of a JSON-lines file, without a last line that a killed writer left unfinished."""
         path = self.file(name)
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise UserError(f"{path}:{number} is not a JSON record: the file was damaged") from None
+        return records
 
     def append_jsonl(self, name: str, records: list[dict]) -> None:
         with open(self.file(name), "a") as f:

@@ -98,6 +98,18 @@ def test_a_damaged_or_pickled_checkpoint_is_refused(tmp_path):
         store.load("b.pt")
 
 
+def test_a_metrics_line_cut_by_a_kill_is_dropped_and_a_damaged_one_is_named(tmp_path):
+    run = RunFolder(tmp_path).create()
+    run.append_jsonl("metrics.jsonl", [{"step": 1}, {"step": 2}])
+    with open(run.file("metrics.jsonl"), "a") as f:
+        f.write('{"step": 3, "lo')  # the writer was killed mid-line
+    run.trim_jsonl("metrics.jsonl", lambda r: r["step"] <= 2)
+    assert run.read_jsonl("metrics.jsonl") == [{"step": 1}, {"step": 2}]
+    run.file("metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl:2 is not a JSON record"):
+        run.read_jsonl("metrics.jsonl")
+
+
 def test_a_stage_state_round_trips_and_a_replayed_step_is_refused(tmp_path):
     layers = parse_arch("fc16*2")
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
