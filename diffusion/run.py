@@ -124,17 +124,16 @@ def run_diffusion(cfg: DiffusionRunConfig, run: RunFolder, resume: bool = False,
     bar = progress(desc=f"ddpm {cfg.dataset}", total=cfg.train.steps, unit="step") if progress else None
     if bar:
         bar.update(trainer.step)
-    with run.jsonl("metrics.jsonl") as append:
-        while trainer.step < cfg.train.steps:
-            losses.append(trainer.train_step())
-            if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
-                append({"step": trainer.step, "loss": sum(losses) / len(losses)})
-                if bar:
-                    bar.update(trainer.step - bar.n)
-                    bar.set_description(f"ddpm {cfg.dataset} loss {sum(losses) / len(losses):.4f}")
-                losses = []
-            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.train.steps:
-                trainer.save(checkpoint)
+    while trainer.step < cfg.train.steps:
+        losses.append(trainer.train_step())
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
+            run.append_jsonl("metrics.jsonl", [{"step": trainer.step, "loss": sum(losses) / len(losses)}])
+            if bar:
+                bar.update(trainer.step - bar.n)
+                bar.set_description(f"ddpm {cfg.dataset} loss {sum(losses) / len(losses):.4f}")
+            losses = []
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.train.steps:
+            trainer.save(checkpoint)
     if bar:
         bar.close()
     train_seconds = time.time() - start

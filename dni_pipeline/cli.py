@@ -26,8 +26,8 @@ from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
 from .errors import UserError
 from .network import PRESETS
 from .pipeline import PipelineError, check_capacity
-from .run import run_training
 from .plots import plot_curves
+from .run import run_training
 from .runtime import RunFolder, connect_ray
 
 __all__ = ["main"]
@@ -37,6 +37,7 @@ log = logging.getLogger("dni_pipeline")
 
 class Interrupted(Exception):
     """Ctrl-C ended a run cleanly (checkpoint written): exit code 130, with how to resume."""
+
 
 DEMO_DIFFUSION = DiffusionRunConfig(dataset="moons")  # the tuned 2-D defaults
 DEMO_KG = KGRunConfig(dataset="umls", train=KGTrainConfig(**kg_preset("umls", "complex")))

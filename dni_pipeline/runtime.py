@@ -215,16 +215,6 @@ class RunFolder:
         return records
 
     def append_jsonl(self, name: str, records: list[dict]) -> None:
+        """Append records in one write, the file closed after it: a killed run keeps what it logged."""
         with open(self.file(name), "a") as f:
             f.write("".join(json.dumps(record) + "\n" for record in records))
-
-    @contextlib.contextmanager
-    def jsonl(self, name: str):
-        """An append-only JSON-lines log; each record is flushed so a killed run keeps what it logged."""
-        with open(self.file(name), "a") as f:
-
-            def append(record: dict) -> None:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-
-            yield append

@@ -110,35 +110,34 @@ def run_kg(cfg: KGRunConfig, run: RunFolder, resume: bool = False, progress=None
     bar = progress(desc=f"kg {t.model} {data.name}", total=t.epochs, unit="epoch") if progress else None
     if bar:
         bar.update(state["epoch"])
-    with run.jsonl("metrics.jsonl") as append:
-        while state["epoch"] < t.epochs and not state["stopped"]:
-            start = time.time()
-            loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device,
-                               on_batch=(lambda f: bar.update(min(f, t.epochs - bar.n))) if bar else None)
-            state["train_seconds"] += time.time() - start
-            state["epoch"] += 1
-            if not np.isfinite(loss):
-                raise UserError(f"the training loss became {loss} at epoch {state['epoch']}: lower --lr")
-            record = {"epoch": state["epoch"], "loss": loss}
-            if state["epoch"] % t.eval_every == 0 or state["epoch"] == t.epochs:
-                valid = evaluate(model, data, "valid", index, batch_size=cfg.eval_batch_size, chunk_size=cfg.chunk_size)
-                record.update({f"valid_{k}": valid[k] for k in ("mrr", "hits@1", "hits@10")})
-                if valid["mrr"] > state["best_mrr"]:
-                    state.update(best_mrr=valid["mrr"], best_epoch=state["epoch"], bad_evals=0)
-                    best_model = copy.deepcopy(model.state_dict())
-                else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= t.patience:
-                        state.update(stopped=True, stop_reason="patience")
-                if t.time_budget and state["train_seconds"] >= 60 * t.time_budget and not state["stopped"]:
-                    log.info("kg: time budget of %g min spent at epoch %d", t.time_budget, state["epoch"])
-                    state.update(stopped=True, stop_reason="time budget")
-            append(record)
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "best_model": best_model, "state": state}, tmp)
-            if bar:
-                bar.set_description(f"kg {t.model} {data.name} loss {loss:.4f} valid mrr {state['best_mrr']:.3f}")
+    while state["epoch"] < t.epochs and not state["stopped"]:
+        start = time.time()
+        loss = train_epoch(t, model, optimizer, train_triples, state["epoch"], device=cfg.device,
+                           on_batch=(lambda f: bar.update(min(f, t.epochs - bar.n))) if bar else None)
+        state["train_seconds"] += time.time() - start
+        state["epoch"] += 1
+        if not np.isfinite(loss):
+            raise UserError(f"the training loss became {loss} at epoch {state['epoch']}: lower --lr")
+        record = {"epoch": state["epoch"], "loss": loss}
+        if state["epoch"] % t.eval_every == 0 or state["epoch"] == t.epochs:
+            valid = evaluate(model, data, "valid", index, batch_size=cfg.eval_batch_size, chunk_size=cfg.chunk_size)
+            record.update({f"valid_{k}": valid[k] for k in ("mrr", "hits@1", "hits@10")})
+            if valid["mrr"] > state["best_mrr"]:
+                state.update(best_mrr=valid["mrr"], best_epoch=state["epoch"], bad_evals=0)
+                best_model = copy.deepcopy(model.state_dict())
+            else:
+                state["bad_evals"] += 1
+                if state["bad_evals"] >= t.patience:
+                    state.update(stopped=True, stop_reason="patience")
+            if t.time_budget and state["train_seconds"] >= 60 * t.time_budget and not state["stopped"]:
+                log.info("kg: time budget of %g min spent at epoch %d", t.time_budget, state["epoch"])
+                state.update(stopped=True, stop_reason="time budget")
+        run.append_jsonl("metrics.jsonl", [record])
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "best_model": best_model, "state": state}, tmp)
+        if bar:
+            bar.set_description(f"kg {t.model} {data.name} loss {loss:.4f} valid mrr {state['best_mrr']:.3f}")
     if bar:
         bar.close()
     if best_model is not None:
