@@ -46,6 +46,10 @@ class StageLost(Exception):
         super().__init__(f"stage {stage} lost: {reason}")
         self.stage, self.reason = stage, reason
 
+    @classmethod
+    def died(cls, stage: int, error: Exception) -> "StageLost":
+        return cls(stage, f"its actor died ({type(error).__name__})")
+
 
 def check_capacity(cfg: TrainConfig) -> None:
     """Refuse, before any actor starts, a cluster that cannot host one actor per stage (and, on a
@@ -123,7 +127,7 @@ class Driver:
                 try:
                     answer = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
-                    raise StageLost(i, f"its actor died ({type(exc).__name__})") from None
+                    raise StageLost.died(i, exc) from None
                 if answer["generation"] != self.generation:  # the ping reached a restarted actor
                     raise StageLost(i, f"its actor was restarted (now pid {answer['pid']})")
                 self.pings[i], self.ping_sent[i] = self.stages[i].ping.remote(), now
@@ -215,7 +219,7 @@ class Driver:
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayActorError as exc:
-                raise StageLost(i, f"its actor died ({type(exc).__name__})") from None
+                raise StageLost.died(i, exc) from None
         return results
 
     def save(self) -> dict:
@@ -253,7 +257,7 @@ class Driver:
         detected_at, started, at_step = time.time(), time.monotonic(), max((self.last_counts or {}).get("update", [0]))
         self.restarts[lost.stage] += 1
         if self.restarts[lost.stage] > self.cfg.max_restarts:
-            raise PipelineError(f"{lost} for the {self.restarts[lost.stage]}th time; --max-restarts is {self.cfg.max_restarts}")
+            raise PipelineError(f"{lost}, and --max-restarts {self.cfg.max_restarts} allows no more restarts")
         node_before = self.placement[lost.stage]["node_id"]
         log.warning("%s near step %d: restarting it and going back to the checkpoint of step %d",
                     lost, at_step, checkpoint["step"])

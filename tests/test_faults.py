@@ -169,6 +169,13 @@ def test_a_stuck_stage_is_killed_restarted_and_the_run_completes(ray_session, tm
     _assert_every_step_once(tmp_path / "run", summary)
 
 
+def test_a_stage_lost_more_often_than_max_restarts_allows_stops_the_run(ray_session, tmp_path):
+    cfg = _digits_config(epochs=4, max_restarts=0)
+    with pytest.raises(PipelineError, match=r"^stage 1 lost: its actor died \(\w+\), and --max-restarts 0 allows no more"):
+        _run(cfg, tmp_path / "run", lambda: ray_session.kill(_stage_actor(ray_session, 1), no_restart=False))
+    assert _manifest_step(tmp_path / "run") >= 40  # the last good checkpoint stays for --resume
+
+
 def test_a_nan_at_a_stage_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint(ray_session, tmp_path):
     cfg = _digits_config(epochs=2, checkpoint_every=10, inject_nan=[1, 33])
     with pytest.raises(PipelineError, match=r"^stage 1: non-finite activation at step 33$"):
