@@ -65,7 +65,7 @@ def _utilization(events: list[dict], num_stages: int, train_seconds: float) -> t
         if event["kind"] in ("forward", "backward"):
             busy[event["stage"]] += event["end"] - event["start"]
             transport[event["stage"]] += event["transport"]
-    utilization = [round(b / train_seconds, 4) for b in busy]
+    utilization = [round(b / train_seconds, 4) if train_seconds else 0.0 for b in busy]  # 0 s: a resumed finished run
     return utilization, [round(t / (b - t), 4) if b > t else 0.0 for t, b in zip(transport, busy)]
 
 

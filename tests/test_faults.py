@@ -176,6 +176,17 @@ def test_a_stage_lost_more_often_than_max_restarts_allows_stops_the_run(ray_sess
     assert _manifest_step(tmp_path / "run") >= 40  # the last good checkpoint stays for --resume
 
 
+def test_resuming_a_finished_run_changes_nothing_but_the_resume_count(ray_session, tmp_path):
+    cfg = _digits_config(epochs=1)
+    first = _run(cfg, tmp_path / "run")
+    data = load_dataset(cfg.dataset, None, seed=cfg.seed)
+    again = run_training(cfg, data, RunFolder(tmp_path / "run", resume=True, checkpoint="checkpoint.json"), resume=True,
+                         progress=False).summary
+    assert again["resumes"] == 1 and again["steps"] == first["steps"] == again["planned_steps"]
+    assert again["test_accuracy"] == first["test_accuracy"]
+    _assert_every_step_once(tmp_path / "run", again)
+
+
 def test_a_nan_at_a_stage_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint(ray_session, tmp_path):
     cfg = _digits_config(epochs=2, checkpoint_every=10, inject_nan=[1, 33])
     with pytest.raises(PipelineError, match=r"^stage 1: non-finite activation at step 33$"):
