@@ -71,15 +71,16 @@ def cli_train(args, run: Path, *extra: str) -> subprocess.Popen:
     flags = ["--mode", "dni", "--stages", "2", "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs),
              "--batch-size", str(args.batch_size), "--checkpoint-every", str(args.checkpoint_every), "--out", str(run)]
     flags += ["--data-dir", args.data_dir] if args.data_dir else []
-    return subprocess.Popen([sys.executable, "-m", "dni_pipeline", "train", *(extra or flags), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with open(args.out / f"{run.name}.log", "a") as log:  # a file, not a pipe nobody reads while it runs
+        return subprocess.Popen([sys.executable, "-m", "dni_pipeline", "train", *(extra or flags), "--no-progress"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def driver_scenarios(args) -> list[dict]:
     """Undisturbed and killed-then-resumed, both through the CLI (each invocation starts its own Ray)."""
     started = time.time()
     clean = cli_train(args, args.out / "cli-none")
-    assert clean.wait() == 0, clean.stderr.read()
+    assert clean.wait() == 0, f"see {args.out}/cli-none.log"
     rows = [row("none (CLI)", json.loads((args.out / "cli-none" / "summary.json").read_text()), time.time() - started)]
     run = args.out / "cli-driver-killed"
     started = time.time()
@@ -87,7 +88,7 @@ def driver_scenarios(args) -> list[dict]:
     after_checkpoint(run, args.fault_after, args.delay, lambda: os.killpg(first.pid, signal.SIGKILL))
     first.wait()
     resumed = cli_train(args, run, "--resume", str(run))
-    assert resumed.wait() == 0, resumed.stderr.read()
+    assert resumed.wait() == 0, f"see {args.out}/{run.name}.log"
     rows.append(row("driver killed, then --resume (CLI)", json.loads((run / "summary.json").read_text()), time.time() - started))
     return rows
 

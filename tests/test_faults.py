@@ -200,16 +200,18 @@ def test_a_nan_at_a_stage_stops_the_run_naming_it_and_keeps_the_last_good_checkp
 
 
 # -- the driver: Ctrl-C, then killed, then resumed ----------------------------------------------------
-def _start_cli(*args: str) -> subprocess.Popen:
-    """`dni-pipeline` in its own process group, so the Ray processes of a killed driver can be ended too."""
-    return subprocess.Popen([sys.executable, "-m", "dni_pipeline", *args, "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start_cli(log: Path, *args: str) -> subprocess.Popen:
+    """`dni-pipeline` in its own process group, so the Ray processes of a killed driver can be ended too;
+    its output goes to `log` (a pipe nobody reads while it runs could fill and stall it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dni_pipeline", *args, "--no-progress"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for_step(folder: Path, step: int, process: subprocess.Popen) -> None:
+def _wait_for_step(folder: Path, step: int, process: subprocess.Popen, log: Path) -> None:
     deadline = time.time() + 300
     while _manifest_step(folder) < step:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
 
 
@@ -217,20 +219,23 @@ def test_interrupted_then_killed_driver_resumes_with_no_step_lost_or_repeated(tm
     run = tmp_path / "run"
     train = ["train", "--mode", "dni", "--stages", "2", "--dataset", "digits", "--batch-size", "64", "--epochs", "8",
              "--checkpoint-every", "20", "--out", str(run)]
-    first = _start_cli(*train)
-    _wait_for_step(run, 20, first)
+    first_log = tmp_path / "first.log"
+    first = _start_cli(first_log, *train)
+    _wait_for_step(run, 20, first, first_log)
     first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
+    first.wait(timeout=120)
+    err = first_log.read_text()
     assert first.returncode == 130, err
     interrupted = json.loads((run / "summary.json").read_text())
     assert interrupted["stopped_by"] == "interrupt" and f"--resume {run}" in err
     assert _manifest_step(run) == interrupted["steps"] >= 20 and interrupted["stage_updates"][0] == interrupted["steps"]
     run = run.rename(tmp_path / "moved")  # the default checkpoint folder moves with its run folder
 
-    second = _start_cli("train", "--resume", str(run))
-    _wait_for_step(run, interrupted["steps"] + 40, second)
+    second_log = tmp_path / "second.log"
+    second = _start_cli(second_log, "train", "--resume", str(run))
+    _wait_for_step(run, interrupted["steps"] + 40, second, second_log)
     os.killpg(second.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    second.communicate()
+    second.wait()
 
     third = subprocess.run([sys.executable, "-m", "dni_pipeline", "train", "--resume", str(run), "--no-progress"],
                            capture_output=True, text=True, timeout=300)
