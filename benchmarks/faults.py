@@ -21,10 +21,11 @@ from pathlib import Path
 
 import ray
 
-from dni_pipeline.config import TrainConfig
-from dni_pipeline.data import load_dataset
-from dni_pipeline.run import run_training
-from dni_pipeline.runtime import RunFolder, write_json_atomic
+from dni_pipeline.core.datasets import load_dataset
+from dni_pipeline.core.files import write_json_atomic
+from dni_pipeline.core.run_folder import RunFolder
+from dni_pipeline.trainer.config import TrainConfig
+from dni_pipeline.trainer.training import train_pipeline
 
 HERE = Path(__file__).parent
 
@@ -63,7 +64,7 @@ def in_process(args, cfg: TrainConfig, data, name: str, fault) -> dict:
     run = args.out / name
     struck = after_checkpoint(run, args.fault_after, args.delay, fault) if fault else {}
     started = time.time()
-    summary = run_training(cfg, data, RunFolder(run), progress=False).summary
+    summary = train_pipeline(cfg, data, RunFolder(run), progress=False).summary
     return row(name, summary, time.time() - started, struck.get("at"))
 
 

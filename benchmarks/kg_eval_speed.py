@@ -12,11 +12,11 @@ import time
 
 import torch
 
-from dni_pipeline.runtime import RunFolder
+from dni_pipeline.core.run_folder import RunFolder
 from kg.datasets import load_kg, with_reciprocals
 from kg.evaluate import answer_index, evaluate
+from kg.job import load_trained
 from kg.models import build_model
-from kg.run import load_trained
 
 
 def bare_products(model, queries: torch.Tensor, batch_size: int) -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
-        _, data, model = load_trained(RunFolder(args.run, resume=True))
+        _, data, model = load_trained(RunFolder.existing(args.run))
     else:
         data = load_kg(args.dataset, args.data_dir)
         model = build_model("complex", data.num_entities, data.num_relations, dim=200, init_scale=0.1, gamma=0,

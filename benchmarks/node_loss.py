@@ -15,10 +15,10 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from dni_pipeline.config import TrainConfig
-from dni_pipeline.data import load_dataset
-from dni_pipeline.run import run_training
-from dni_pipeline.runtime import RunFolder
+from dni_pipeline.core.datasets import load_dataset
+from dni_pipeline.core.run_folder import RunFolder
+from dni_pipeline.trainer.config import TrainConfig
+from dni_pipeline.trainer.training import train_pipeline
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     try:
         if not args.no_fault:
             threading.Thread(target=remove_node_of_stage_1, daemon=True).start()
-        summary = run_training(cfg, data, RunFolder(args.run), progress=False).summary
+        summary = train_pipeline(cfg, data, RunFolder(args.run), progress=False).summary
         print(json.dumps({**summary, **removed}))
     finally:
         ray.shutdown()

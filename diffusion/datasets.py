@@ -1,13 +1,13 @@
 """Training data for diffusion runs, as float32 tensors: 2-D toys as they are, images scaled to [-1, 1].
 
-Images come from the same loaders as the DNI pipeline (MNIST from a data directory, scikit-learn's
+Images come from the core's loaders, as for the unlocked trainer (MNIST from a data directory, scikit-learn's
 bundled digits), so the checks and the data-directory rules are the same.
 """
 
 import torch
 
-from dni_pipeline.data import load_dataset
-from dni_pipeline.errors import UserError
+from dni_pipeline.core.datasets import load_dataset
+from dni_pipeline.core.errors import UserError
 
 from .toys import TOYS, sample_toy
 

@@ -91,7 +91,8 @@ class UNet(nn.Module):
             self.up.append(nn.ModuleList([_ResBlock(cin + width, width, self.time_dim, groups),
                                            _ResBlock(width, width, self.time_dim, groups)]))
             cin = width
-        self.out = nn.Sequential(nn.GroupNorm(min(groups, cin), cin), nn.SiLU(), nn.Conv2d(cin, out_channels or channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(min(groups, cin), cin), nn.SiLU(),
+                                 nn.Conv2d(cin, out_channels or channels, 3, padding=1))
         self.base = widths[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

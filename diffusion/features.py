@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dni_pipeline.runtime import atomic_path
+from dni_pipeline.core.files import atomic_path
 
 __all__ = ["FeatureNet", "feature_net", "frechet_distance"]
 
-log = logging.getLogger("dni_pipeline")
+log = logging.getLogger("diffusion")
 
 
 class FeatureNet(nn.Module):

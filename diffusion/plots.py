@@ -2,11 +2,9 @@
 
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from dni_pipeline.core.plotting import plt, save_figure
 
 __all__ = ["plot_loss", "plot_samples"]
 
@@ -16,9 +14,7 @@ def plot_loss(path: Path, records: list[dict], title: str) -> None:
     ax.plot([r["step"] for r in records], [r["loss"] for r in records])
     ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_samples(path: Path, samples: torch.Tensor, reference: torch.Tensor | None) -> None:
@@ -38,6 +34,4 @@ def plot_samples(path: Path, samples: torch.Tensor, reference: torch.Tensor | No
         ax.set(xlim=(low[0].item(), high[0].item()), ylim=(low[1].item(), high[1].item()), aspect="equal",
                title=f"{len(samples)} samples; axes span the data (+0.5)")
         ax.legend(markerscale=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

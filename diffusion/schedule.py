@@ -32,8 +32,6 @@ class NoiseSchedule:
             betas = _cosine_betas(timesteps, cosine_s, max_beta)
         else:
             raise ValueError(f"unknown schedule '{kind}': use linear or cosine")
-        self.config = {"kind": kind, "timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end,
-                       "cosine_s": cosine_s, "max_beta": max_beta}
         self.timesteps = timesteps
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -75,7 +73,8 @@ class NoiseSchedule:
         if objective == "x0":
             return x0
         if objective == "v":
-            return self.gather(self.sqrt_alphas_cumprod, t, x0) * noise - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+            return (self.gather(self.sqrt_alphas_cumprod, t, x0) * noise
+                    - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
         raise ValueError(f"unknown objective '{objective}': use one of {', '.join(OBJECTIVES)}")
 
     def predict_x0(self, objective: str, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -93,7 +92,8 @@ class NoiseSchedule:
         """Improved DDPM's learned variance (eq. 15): log sigma_t^2 = f log beta_t + (1 - f) log beta~_t,
         f = (v + 1) / 2, for a model output v (nominally in [-1, 1])."""
         fraction = (v + 1) / 2
-        return fraction * self.gather(np.log(self.betas), t, v) + (1 - fraction) * self.gather(self.posterior_log_variance_clipped, t, v)
+        return (fraction * self.gather(np.log(self.betas), t, v)
+                + (1 - fraction) * self.gather(self.posterior_log_variance_clipped, t, v))
 
     def split(self, output: torch.Tensor, t: torch.Tensor, learned_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A model output into (prediction, learned log-variance or None): a variance-learning model

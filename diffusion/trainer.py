@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dni_pipeline.runtime import atomic_path
+from dni_pipeline.core.files import atomic_path
 
 from .likelihood import vlb_term
 from .schedule import NoiseSchedule

@@ -1,210 +1,92 @@
-"""`dni-pipeline`: train one pipeline run, or the local demo that sets unlocked and locked side by side."""
+"""`dni-pipeline`: the one root parser over every domain's commands, and the demo that runs them
+together. Only the chosen command's domain is imported, so `dni-pipeline cluster stop` starts in a
+blink without torch, scikit-learn or matplotlib."""
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
-import ray
+from dni_pipeline.core.errors import JobFailed, JobInterrupted, UserError
+from dni_pipeline.core.job_cli import Parser
 
-from diffusion.cli import add_diffusion_commands
-from diffusion.jobs import submit as submit_diffusion
-from diffusion.run import DiffusionRunConfig
-from kg.cli import add_kg_commands
-from kg.jobs import submit as submit_kg
-from kg.presets import preset as kg_preset
-from kg.run import KGRunConfig
-from kg.training import KGTrainConfig
-
-from .bench import BenchConfig, run_bench
-from .checkpoints import MANIFEST, read_manifest
-from .cluster_cli import add_cluster_commands
-from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config, load_config_file
-from .data import DATA_DIR_ENV, find_mnist, load_dataset, resolve_data_dir
-from .errors import UserError
-from .network import PRESETS
-from .pipeline import PipelineError, check_capacity
-from .plots import plot_curves
-from .run import run_training
-from .runtime import RunFolder, connect_ray
-
-__all__ = ["main"]
+__all__ = ["build_parser", "entry", "main"]
 
 log = logging.getLogger("dni_pipeline")
 
-
-class Interrupted(Exception):
-    """Ctrl-C ended a run cleanly (checkpoint written): exit code 130, with how to resume."""
-
-
-DEMO_DIFFUSION = DiffusionRunConfig(dataset="moons")  # the tuned 2-D defaults
-DEMO_KG = KGRunConfig(dataset="umls", train=KGTrainConfig(**kg_preset("umls", "complex")))
-
-SUMMARY_COLUMNS = [
-    ("mode", "mode"), ("stages", "K"), ("epochs", "epochs"), ("test_accuracy", "test acc"),
-    ("samples_per_sec", "samples/s"), ("stage_utilization", "utilization per stage"),
-    ("train_seconds", "train s"), ("wall_seconds", "wall s"),
-]
+# command -> (the domain that registers it, one line of help); only the chosen command's domain is imported.
+COMMANDS = {
+    "train": ("trainer", "train one pipeline run"),
+    "bench": ("trainer", "throughput of modes side by side, with timelines and time to accuracy"),
+    "demo": ("demo", "local multi-process demo: dni and backprop on the same stage actors, DDPM and KG tasks beside them"),
+    "diffusion": ("diffusion", "DDPM training jobs as Ray tasks"),
+    "kg": ("kg", "knowledge-graph completion jobs as Ray tasks"),
+    "cluster": ("ops", "a multi-node Ray cluster on this machine; check deploy files"),
+}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line and exit code 2, like every other bad input."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+def _register(domain: str, commands) -> None:
+    """Let `domain` add the full parsers of its commands."""
+    if domain == "trainer":
+        from dni_pipeline.trainer.commands import add_commands
+    elif domain == "diffusion":
+        from diffusion.commands import add_commands
+    elif domain == "kg":
+        from kg.commands import add_commands
+    elif domain == "ops":
+        from dni_pipeline.ops.commands import add_commands
+    else:
+        add_commands = _add_demo_command
+    add_commands(commands)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
-
-
-def _str_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
-
-
-def _add_stages_and_epochs(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default {d.stages})")
-    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    """Flags of every command; every default lives in TrainConfig (flags left unset say None)."""
-    d = TrainConfig()
-    p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder); default ${DATA_DIR_ENV}")
-    p.add_argument("--address", help="join the Ray cluster at host:port (or 'auto') instead of starting a local Ray")
-    p.add_argument("--device", help="cpu (each stage reserves --cpus-per-stage CPUs) or cuda (each stage reserves one GPU)")
-    p.add_argument("--cpus-per-stage", type=float, help=f"CPUs each stage actor reserves; torch uses that many threads (default {d.cpus_per_stage:g})")
-    p.add_argument("--seed", type=int, help=f"seed of weights, data order and synthetic data (default {d.seed})")
-    p.add_argument("--out", help="run folder to create for summary.json, metrics.jsonl and plots (must be new or empty)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more of what the system does")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dni-pipeline", description="Unlocked (DNI) training of a network split over Ray actors, with locked baselines on the same actors.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    d = TrainConfig()
-    train = commands.add_parser("train", help="train one pipeline run", description=(
-        "Train a network split into K Ray stage actors. Flags override a --config file; "
-        "the run folder gets summary.json, metrics.jsonl and curves.png."))
-    _add_stages_and_epochs(train)
-    train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
-    train.add_argument("--mode", help=(
-        "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
-        f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
-    train.add_argument("--dataset", help=f"mnist (needs --data-dir or --download), digits (bundled) or synthetic (default {d.dataset})")
-    train.add_argument("--download", action="store_true", default=None, help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
-    train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
-    train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
-    train.add_argument("--lr", type=float, help=f"Adam learning rate of the blocks (default {d.lr:g})")
-    train.add_argument("--lr-schedule", help=f"constant or cosine (decay to 0 over the run); default {d.lr_schedule}")
-    train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
-    train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
-    train.add_argument("--sg-off", action="store_true", default=None, help="ablation: SG models stay zero, so only the last stage learns")
-    train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
-    train.add_argument("--aux-hidden", type=_int_list, help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
-    train.add_argument("--micro-batches", type=int, help=f"M, micro-batches per mini-batch in gpipe and 1f1b (default {d.micro_batches})")
-    train.add_argument("--max-steps", type=int, help="stop after this many steps (default: --epochs full epochs)")
-    train.add_argument("--eval-every", type=int, help="steps between test evaluations (default: once per epoch)")
-    train.add_argument("--target-accuracy", type=float, help="stop once the test accuracy reaches this fraction (time to accuracy)")
-    train.add_argument("--link-latency-ms", type=float, help="delay added to every message between stages, emulating links between machines (default 0)")
-    train.add_argument("--max-in-flight", type=int, help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
-    train.add_argument("--stage-delay-ms", type=_float_list, help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
-    train.add_argument("--checkpoint-dir", help="where every stage saves its checkpoints: a path or URI all nodes can reach (default RUN/checkpoints)")
-    train.add_argument("--checkpoint-every", type=int, help="steps between stage checkpoints; a lost stage costs at most these (default 0: at each evaluation)")
-    train.add_argument("--max-restarts", type=int, help=f"times each stage actor is restarted after dying before the run gives up (default {d.max_restarts})")
-    train.add_argument("--stall-timeout", type=float, help=f"seconds a stage may leave a ping unanswered before it is restarted as stuck (default {d.stall_timeout:g})")
-    train.add_argument("--inject-nan", type=_int_list, help="fault injection for testing: STAGE,STEP makes that stage's input NaN at that step; the run stops naming it")
-    train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint, with its own config (only --data-dir and --address may change)")
-    _add_common(train)
-    train.set_defaults(func=cmd_train)
-
-    demo = commands.add_parser("demo", help="local multi-process demo: dni and backprop on the same stage actors", description=(
-        "Start a local Ray, train a K-stage pipeline in dni mode and then in backprop mode with the same "
-        "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits. A DDPM "
-        "(two moons) and a KG completion job (ComplEx on UMLS) run beside it as Ray tasks on the same cluster."))
-    _add_stages_and_epochs(demo)
-    _add_common(demo)
-    demo.set_defaults(func=cmd_demo)
-
-    bench = commands.add_parser("bench", help="throughput of modes side by side, with timelines and time to accuracy", description=(
-        "Run the chosen modes and stage counts on the same model, data and resources, repetitions "
-        "interleaved (A B C A B C ...), and write bench.json, bench.md and PNG plots to --out. The "
-        "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
-    bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"], help="modes to compare, comma separated (default backprop,gpipe,dni)")
-    bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
-    bench.add_argument("--dataset", default="mnist", help="mnist, digits or synthetic (default mnist)")
-    bench.add_argument("--arch", default="fc1024*8", help="the network, as for train (default fc1024*8: 4 layers per stage at K = 2)")
-    bench.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
-    bench.add_argument("--micro-batches", type=int, default=4, help="M for gpipe and 1f1b (default 4)")
-    bench.add_argument("--sg-hidden", type=_int_list, default=[128], help=(
-        "hidden widths of the SG models (default 128: a 1024-128-1024 bottleneck whose cost is a few "
-        "percent of a 4-layer block; the paper's 1024,1024 costs as much as the block)"))
-    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
-    bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
-    bench.add_argument("--link-latency-ms", type=_float_list, default=[0.0, 20.0], help="latencies to sweep, ms per message, comma separated; the first is the baseline (default 0,20)")
-    bench.add_argument("--target-accuracy", type=float, default=0.97, help="test accuracy for the time-to-accuracy runs (default 0.97)")
-    bench.add_argument("--tta-epochs", type=int, default=3, help="epochs after which a time-to-accuracy run gives up; 0 skips those runs (default 3)")
-    bench.add_argument("--eval-every", type=int, default=25, help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
-    _add_common(bench)
-    bench.set_defaults(func=cmd_bench)
-
-    add_diffusion_commands(commands, _Parser)
-    add_kg_commands(commands, _Parser)
-    add_cluster_commands(commands, _Parser)
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The root parser: every command listed, and the full parsers of the domain of the one `argv` names
+    (of every domain when `argv` is None, as for tests of every flag)."""
+    parser = Parser(prog="dni-pipeline", description=(
+        "Unlocked (DNI) training of a network split over Ray actors, with locked baselines on the same actors; "
+        "DDPM and knowledge-graph completion jobs as Ray tasks on the same cluster."))
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for domain in dict.fromkeys(domain for name, (domain, _) in COMMANDS.items() if argv is None or name == chosen):
+        _register(domain, commands)
+    for name, (_, text) in COMMANDS.items():
+        if name not in commands.choices:
+            commands.add_parser(name, help=text)
     return parser
 
 
-def _train_one(cfg: TrainConfig, data, run: RunFolder, progress: bool, resume: bool = False) -> dict:
-    """One run into its folder: metrics and checkpoints while it trains, summary and plot when it ends."""
-    result = run_training(cfg, data, run, resume=resume, progress=progress)
-    summary = result.summary
-    run.write_json("summary.json", summary)
-    plot_curves(run.file("curves.png"), result.steps, result.evals,
-                f"{cfg.mode}, {cfg.stages} stages, {data.name} ({cfg.arch})")
-    if summary["stopped_by"] == "interrupt":
-        raise Interrupted(f"stopped at step {summary['steps']} of {summary['planned_steps']} with a checkpoint: "
-                          f"continue with `dni-pipeline train --resume {run.path}`")
-    return summary
+def _add_demo_command(commands) -> None:
+    from dni_pipeline.trainer.commands import add_common_flags, add_stages_and_epochs
 
-
-RESUME_FLAGS = ("data_dir", "address")  # where a resumed run finds its data and cluster may change; nothing else
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    if args.resume:
-        changed = [k for k, v in vars(args).items() if v is not None and k in TrainConfig.__annotations__
-                   and k not in RESUME_FLAGS] + (["config"] if args.config else [])
-        if changed:
-            raise UserError(f"--resume continues a run with its own config: drop --{changed[0].replace('_', '-')}")
-        run = RunFolder(args.resume, resume=True, checkpoint=MANIFEST)
-        cfg = build_config(read_manifest(run)["config"], {k: getattr(args, k) for k in RESUME_FLAGS})
-    else:
-        cfg = build_config(load_config_file(args.config) if args.config else {}, vars(args))
-        run = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.seed)
-    with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
-        check_capacity(cfg)
-        summary = _train_one(cfg, data, run, not args.no_progress, resume=bool(args.resume))
-    print(format_table([summary], SUMMARY_COLUMNS))
-    print(f"results in {run.path}/")
+    demo = commands.add_parser("demo", help=COMMANDS["demo"][1], description=(
+        "Start a local Ray, train a K-stage pipeline in dni mode and then in backprop mode with the same "
+        "model and data, and print the comparison. Uses MNIST when found, else scikit-learn's digits. A DDPM "
+        "(two moons) and a KG completion job (ComplEx on UMLS) run beside it as Ray tasks on the same cluster."))
+    add_stages_and_epochs(demo)
+    add_common_flags(demo)
+    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """The demo is built when it runs: the trainer, a diffusion task and a KG task on one Ray."""
+    import ray
+
+    from diffusion.job import DIFFUSION_JOB, DiffusionJobConfig
+    from dni_pipeline.core.datasets import find_mnist, load_dataset
+    from dni_pipeline.core.jobs import submit_job
+    from dni_pipeline.core.ray_session import Resources, connect_ray
+    from dni_pipeline.core.run_folder import RunFolder
+    from dni_pipeline.core.settings import DATA_DIR_ENV, resolve_data_dir
+    from dni_pipeline.trainer.config import build_config
+    from dni_pipeline.trainer.driver import check_capacity
+    from dni_pipeline.trainer.report import summary_table
+    from dni_pipeline.trainer.training import train_into_folder
+    from kg.job import KG_JOB, KGJobConfig
+    from kg.presets import preset
+    from kg.training import KGTrainConfig
+
     data_dir = resolve_data_dir(args.data_dir)
     dataset = "mnist" if find_mnist(data_dir) else "digits"
     if dataset == "digits":
@@ -213,22 +95,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     flags["epochs"] = args.epochs or (3 if dataset == "mnist" else 30)
     configs = [build_config({}, {**flags, "dataset": dataset, "mode": mode}) for mode in ("dni", "backprop")]
     root = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    runs = [RunFolder(root / cfg.mode) for cfg in configs]
-    diffusion_run = RunFolder(root / "diffusion-moons")
-    kg_run = RunFolder(root / "kg-umls")
+    folders = [RunFolder(root / cfg.mode) for cfg in configs]
+    diffusion_folder, kg_folder = RunFolder(root / "diffusion-moons"), RunFolder(root / "kg-umls")
     data = load_dataset(dataset, args.data_dir, seed=configs[0].seed)
+    kg_cfg = KGJobConfig(dataset="umls", train=KGTrainConfig(**preset("umls", "complex")))
     summaries = []
     # Two CPUs more than the stages need: the diffusion and KG tasks train beside the pipeline, on the same Ray.
     with connect_ray(args.address, configs[0].stages * configs[0].cpus_per_stage + 2):
-        log.info("diffusion: DDPM on two moons as a Ray task beside the pipeline (%s)", diffusion_run.path)
-        diffusion = submit_diffusion(DEMO_DIFFUSION, str(diffusion_run.path), num_cpus=1)
-        log.info("kg: ComplEx on UMLS as a Ray task beside the pipeline (%s)", kg_run.path)
-        kg = submit_kg(DEMO_KG, str(kg_run.path), num_cpus=1)
-        for cfg, run in zip(configs, runs):
+        log.info("diffusion: DDPM on two moons as a Ray task beside the pipeline (%s)", diffusion_folder.path)
+        diffusion = submit_job(DIFFUSION_JOB, DiffusionJobConfig(dataset="moons"), str(diffusion_folder.path), Resources())
+        log.info("kg: ComplEx on UMLS as a Ray task beside the pipeline (%s)", kg_folder.path)
+        kg = submit_job(KG_JOB, kg_cfg, str(kg_folder.path), Resources())
+        for cfg, folder in zip(configs, folders):
             check_capacity(cfg)
-            summaries.append(_train_one(cfg, data, run, not args.no_progress))
+            summaries.append(train_into_folder(cfg, data, folder, not args.no_progress))
         ddpm, kg_summary = ray.get([diffusion, kg])
-    print(format_table(summaries, SUMMARY_COLUMNS))
+    print(summary_table(summaries))
     dni, backprop = summaries
     print(f"dni / backprop throughput: {dni['samples_per_sec'] / backprop['samples_per_sec']:.2f}x; "
           f"test accuracy {100 * dni['test_accuracy']:.2f}% vs {100 * backprop['test_accuracy']:.2f}% "
@@ -240,58 +122,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"results in {root}/")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    flags = {**vars(args), "stages": min(args.stages), "mode": args.modes[0], "link_latency_ms": 0.0}
-    bench = BenchConfig(build_config({}, flags), modes=args.modes, stages=args.stages, reps=args.reps,
-                        steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
-                        tta_epochs=args.tta_epochs, eval_every=args.eval_every).validate()
-    run = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = load_dataset(bench.base.dataset, bench.base.data_dir, seed=bench.base.seed)
-    with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
-        for k in bench.stages:
-            check_capacity(dataclasses.replace(bench.base, stages=k))
-        run.create()
-        run_bench(bench, data, run, progress=not args.no_progress)
-    print(run.file("bench.md").read_text())
-    print(f"results in {run.path}/")
-
-
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Rows of dicts as an aligned text table; `columns` are (key, heading) pairs."""
-    cells = [[heading for _, heading in columns]]
-    for row in rows:
-        cells.append([_cell(row.get(key)) for key, _ in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return " ".join(_cell(v) for v in value)
-    return "-" if value is None else str(value)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="[dni-pipeline] %(message)s", stream=sys.stderr)
+                        format="[%(name)s] %(message)s", stream=sys.stderr)
     try:
         args.func(args)
     except UserError as exc:
         print(f"dni-pipeline: error: {exc}", file=sys.stderr)
         return 2
-    except PipelineError as exc:
+    except JobFailed as exc:
         print(f"dni-pipeline: training failed: {exc}", file=sys.stderr)
         return 1
-    except Interrupted as exc:
-        print(f"dni-pipeline: interrupted: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("dni-pipeline: interrupted", file=sys.stderr)
+    except (JobInterrupted, KeyboardInterrupt) as exc:
+        print(f"dni-pipeline: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     return 0
 

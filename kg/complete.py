@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import atomic_path
+from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.files import atomic_path
 
 from .datasets import KGDataset
 from .models import KGModel

@@ -3,7 +3,8 @@
 The small benchmarks (nations, umls, kinships, countries_s1..s3) ship inside the package; others
 (wn18rr, fb15k237, or any folder with train.txt, valid.txt and test.txt) are read from a data
 directory, or downloaded (`download`, sha256-checked) into it or the cache. Entities and relations
-are numbered from the training split. Valid and test triples that mention an entity or relation never seen in training cannot be scored by an embedding model: by
+are numbered from the training split. Valid and test triples that mention an entity or relation
+never seen in training cannot be scored by an embedding model: by
 default they are left out of evaluation and counted (`unseen`), as LibKGE does; the `error` policy
 refuses such a dataset instead.
 """
@@ -15,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dni_pipeline.data import CACHE_DIR
-from dni_pipeline.errors import UserError
-from dni_pipeline.runtime import fetch_verified
+from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.files import fetch_verified
+from dni_pipeline.core.settings import CACHE_DIR, DATA_DIR_ENV
 
 __all__ = ["DOWNLOADS", "SHIPPED", "KGDataset", "download_kg", "load_kg", "read_triples", "with_reciprocals"]
 
 SHIPPED = ("nations", "umls", "kinships", "countries_s1", "countries_s2", "countries_s3")
 PACKAGE_DATA = Path(__file__).parent / "data"
-DATA_DIR_ENV = "DNI_PIPELINE_DATA"
 SPLITS = ("train", "valid", "test")
 UNSEEN_POLICIES = ("drop", "error")
 # The RotatE authors' copies (byte-identical to ConvE's and PyKEEN's), at a pinned commit.

@@ -2,15 +2,12 @@
 
 from pathlib import Path
 
-import matplotlib
+from dni_pipeline.core.plotting import plt, save_figure
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-__all__ = ["plot_curves"]
+__all__ = ["plot_kg_curves"]
 
 
-def plot_curves(path: Path, records: list[dict], title: str) -> None:
+def plot_kg_curves(path: Path, records: list[dict], title: str) -> None:
     fig, (loss_ax, mrr_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot([r["epoch"] for r in records], [r["loss"] for r in records])
     loss_ax.set(xlabel="epoch", ylabel="training loss", title=title)
@@ -21,6 +18,4 @@ def plot_curves(path: Path, records: list[dict], title: str) -> None:
     mrr_ax.legend()
     for ax in (loss_ax, mrr_ax):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -5,7 +5,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import SHARED_DATA
 
 # Downloads and trained feature classifiers go to a throwaway cache, in this process and in Ray's workers.
@@ -14,10 +13,11 @@ os.environ["DNI_PIPELINE_CACHE"] = tempfile.mkdtemp(prefix="dni-pipeline-cache-"
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray (4 logical CPUs, so 3-4 one-CPU stages fit on a 2-core machine), shut down at the end."""
+    """One local Ray (4 logical CPUs, so 3-4 one-CPU stages fit on a 2-core machine, and one logical GPU, so
+    tests can check what tasks reserve; nothing here runs CUDA), shut down at the end."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

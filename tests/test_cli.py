@@ -1,15 +1,16 @@
 """The command line: a full run's files, and every bad input giving one line, exit 2 and no run folder."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-
-from dni_pipeline.cli import main
-from dni_pipeline.data import MNIST_FILES
 from helpers import idx_bytes
+
+from dni_pipeline.cli import build_parser, main
+from dni_pipeline.core.datasets import MNIST_FILES
 
 FAST = ["--dataset", "synthetic", "--arch", "fc16*2", "--stages", "2", "--epochs", "2", "--no-progress"]
 
@@ -98,7 +99,7 @@ def test_corrupt_mnist_files(tmp_path, capsys, damage, message):
 
 
 def test_missing_mnist_names_the_fix(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("dni_pipeline.data.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("dni_pipeline.core.datasets.CACHE_DIR", tmp_path / "cache")
     (tmp_path / "empty").mkdir()
     assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) == 2
     assert "MNIST files not found" in capsys.readouterr().err
@@ -147,9 +148,34 @@ def test_unreachable_address_fails_fast_with_exit_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_help_explains_every_flag():
+def _every_parser(parser: argparse.ArgumentParser, path=()):
+    """(command path, parser) for the root parser and every sub-command below it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_parser(sub, (*path, name))
+
+
+def test_help_explains_every_flag_of_every_command():
+    parsers = dict(_every_parser(build_parser()))
+    assert {"train", "bench", "demo", "diffusion train", "diffusion sweep", "diffusion sample", "kg train", "kg sweep",
+            "kg complete", "cluster start", "cluster validate"} <= {" ".join(p) for p in parsers}
+    flags = 0
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 10, (path, action.option_strings)
+                assert action.option_strings[-1] in text, (path, action.option_strings)
+                flags += 1
+    assert flags > 150
     result = _cli("train", "--help")
-    assert result.returncode == 0
-    for flag in ("--mode", "--stages", "--sg-hidden", "--max-in-flight", "--address", "--device", "--config"):
-        assert flag in result.stdout
-    assert "\n  --" in result.stdout and "(default" in result.stdout
+    assert result.returncode == 0 and "--sg-hidden" in result.stdout and "(default 3)" in result.stdout
+
+
+def test_a_cluster_command_starts_without_torch_sklearn_or_matplotlib(tmp_path):
+    code = ("import sys; from dni_pipeline.cli import main; code = main(['cluster', 'status', '--dir', sys.argv[1]]); "
+            "print(code, sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split("\n")[-2] == "2 []", result.stderr

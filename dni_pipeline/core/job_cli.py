@@ -1,0 +1,108 @@
+"""The command-line skeleton every job shares: the parser whose errors are one line and exit 2, the
+Ray flags, and a job's `train` (new or `--resume`) and `sweep` commands."""
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .configs import with_values
+from .jobs import Job, run_sweep, submit_job
+from .ray_session import Resources, check_task_resources, connect_ray
+from .run_folder import RunFolder
+
+__all__ = ["JobCommands", "Parser", "add_job_commands", "add_ray_flags", "resources_from"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and exit code 2, like every other bad input."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join the Ray cluster at host:port instead of starting a local Ray")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs each training task reserves (and torch threads) (default 1)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs each training task reserves (default 0)")
+
+
+def resources_from(args: argparse.Namespace) -> Resources:
+    return Resources(num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+
+
+@dataclass(frozen=True)
+class JobCommands:
+    """What a job adds to the skeleton: its flags, how they make a config, and how its results read."""
+
+    job: Job
+    help: str
+    train_description: str
+    add_flags: Callable[[argparse.ArgumentParser], None]  # the flags of the job's config
+    config_from_args: Callable[[argparse.Namespace], object]  # defaults, config file, flags -> a validated config
+    check_data: Callable[[object], None]  # bad data fails before any work
+    extendable: tuple[str, ...]  # fields a resumed run may change: how far it goes
+    default_out: Callable[[object], str]  # a run folder name for a config
+    show_summary: Callable[[dict], None]
+
+
+def _train(spec: JobCommands, args: argparse.Namespace) -> None:
+    resume = args.resume is not None
+    if resume:
+        folder = RunFolder.existing(args.resume)
+        cfg = folder.read_config(spec.job.config_class)
+        extended = {k: getattr(args, k) for k in spec.extendable if getattr(args, k) is not None}
+        if extended:
+            cfg = with_values(cfg, extended)
+            folder.write_config(cfg)
+    else:
+        cfg = spec.config_from_args(args)
+        folder = RunFolder(args.out or f"runs/{spec.default_out(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        spec.check_data(cfg)
+    resources = resources_from(args)
+    with connect_ray(args.address, resources.num_cpus):
+        check_task_resources(cfg.device, resources)
+        import ray
+
+        summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))
+    spec.show_summary(summary)
+    print(f"results in {folder.path}/")
+
+
+def _sweep(spec: JobCommands, args: argparse.Namespace) -> None:
+    from .sweeps import config_fields, parse_grid
+
+    base = spec.config_from_args(args)
+    grid = parse_grid(args.grid, config_fields(base.train, base))
+    out = RunFolder(args.out or f"runs/{spec.job.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    spec.check_data(base)
+    resources = resources_from(args)
+    with connect_ray(args.address, resources.num_cpus):
+        check_task_resources(base.device, resources)
+        trials = run_sweep(spec.job, base, grid, out, resources, samples=args.samples, seed=getattr(base.train, "seed", 0))
+    print(out.file("sweep.md").read_text())
+    metric = spec.job.selection(base)[0]
+    print(f"selected on {metric}: {trials[0]['trial']} ({metric} {trials[0][metric]}); results in {out.path}/")
+
+
+def add_job_commands(commands, spec: JobCommands):
+    """Register `NAME train|sweep`; returns the job's command group, for commands of its own."""
+    group = commands.add_parser(spec.job.name, help=spec.help).add_subparsers(
+        dest=f"{spec.job.name}_command", required=True, parser_class=Parser)
+    train = group.add_parser("train", help=f"train one {spec.job.name} run as a Ray task", description=spec.train_description)
+    spec.add_flags(train)
+    train.add_argument("--out", help="run folder to create (must be new or empty)")
+    train.add_argument("--resume", metavar="RUN", help=(
+        f"continue the run in folder RUN from its last checkpoint, with its own config "
+        f"({', '.join('--' + k.replace('_', '-') for k in spec.extendable)} may extend it)"))
+    add_ray_flags(train)
+    train.set_defaults(func=lambda args: _train(spec, args))
+
+    sweep = group.add_parser("sweep", help="a grid or random search of configurations as parallel Ray tasks, ranked")
+    spec.add_flags(sweep)
+    sweep.add_argument("--grid", action="append", required=True,
+                       help="name=v1,v2 (repeatable): a field of the config and the values it takes, e.g. --grid lr=1e-3,2e-3")
+    sweep.add_argument("--samples", type=int, help="random search: run this many combinations drawn from the grid (default: all)")
+    sweep.add_argument("--out", help="folder for the trials, sweep.json and sweep.md (must be new or empty)")
+    add_ray_flags(sweep)
+    sweep.set_defaults(func=lambda args: _sweep(spec, args))
+    return group

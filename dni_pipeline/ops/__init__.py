@@ -1,0 +1,1 @@
+"""Cluster operations: a multi-node Ray cluster on one machine, and offline checks of the deploy files."""

@@ -1,0 +1,186 @@
+"""`dni-pipeline train` and `dni-pipeline bench`: the unlocked trainer's commands."""
+
+import argparse
+import dataclasses
+import time
+
+from dni_pipeline.core.configs import load_config_file
+from dni_pipeline.core.datasets import load_dataset
+from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.ray_session import connect_ray
+from dni_pipeline.core.run_folder import RunFolder
+from dni_pipeline.core.settings import DATA_DIR_ENV
+
+from .bench import BenchConfig, run_bench
+from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
+from .driver import check_capacity
+from .network import PRESETS
+from .report import summary_table
+from .training import train_into_folder
+
+__all__ = ["add_commands", "add_common_flags", "add_stages_and_epochs"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def add_stages_and_epochs(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default {d.stages})")
+    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of every command; every default lives in TrainConfig (flags left unset say None)."""
+    d = TrainConfig()
+    p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder); default ${DATA_DIR_ENV}")
+    p.add_argument("--address", help="join the Ray cluster at host:port (or 'auto') instead of starting a local Ray")
+    p.add_argument("--device", help="cpu (each stage reserves --cpus-per-stage CPUs) or cuda (each stage reserves one GPU)")
+    p.add_argument("--cpus-per-stage", type=float,
+                   help=f"CPUs each stage actor reserves; torch uses that many threads (default {d.cpus_per_stage:g})")
+    p.add_argument("--seed", type=int, help=f"seed of weights, data order and synthetic data (default {d.seed})")
+    p.add_argument("--out", help="run folder to create for summary.json, metrics.jsonl and plots (must be new or empty)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more of what the system does")
+
+
+def _add_train_command(commands) -> None:
+    d = TrainConfig()
+    train = commands.add_parser("train", help="train one pipeline run", description=(
+        "Train a network split into K Ray stage actors. Flags override a --config file; "
+        "the run folder gets summary.json, metrics.jsonl and curves.png."))
+    add_stages_and_epochs(train)
+    train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
+    train.add_argument("--mode", help=(
+        "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
+        f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
+    train.add_argument("--dataset",
+                       help=f"mnist (needs --data-dir or --download), digits (bundled) or synthetic (default {d.dataset})")
+    train.add_argument("--download", action="store_true", default=None,
+                       help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
+    train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
+    train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate of the blocks (default {d.lr:g})")
+    train.add_argument("--lr-schedule", help=f"constant or cosine (decay to 0 over the run); default {d.lr_schedule}")
+    train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
+    train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
+    train.add_argument("--sg-off", action="store_true", default=None,
+                       help="ablation: SG models stay zero, so only the last stage learns")
+    train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
+    train.add_argument("--aux-hidden", type=_int_list,
+                       help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
+    train.add_argument("--micro-batches", type=int,
+                       help=f"M, micro-batches per mini-batch in gpipe and 1f1b (default {d.micro_batches})")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (default: --epochs full epochs)")
+    train.add_argument("--eval-every", type=int, help="steps between test evaluations (default: once per epoch)")
+    train.add_argument("--target-accuracy", type=float,
+                       help="stop once the test accuracy reaches this fraction (time to accuracy)")
+    train.add_argument("--link-latency-ms", type=float,
+                       help="delay added to every message between stages, emulating links between machines (default 0)")
+    train.add_argument("--max-in-flight", type=int,
+                       help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
+    train.add_argument("--stage-delay-ms", type=_float_list,
+                       help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
+    train.add_argument("--checkpoint-dir", help="where every stage saves its checkpoints: a path or URI all nodes can reach (default RUN/checkpoints)")
+    train.add_argument("--checkpoint-every", type=int,
+                       help="steps between stage checkpoints; a lost stage costs at most these (default 0: at each evaluation)")
+    train.add_argument("--max-restarts", type=int,
+                       help=f"times each stage actor is restarted after dying before the run gives up (default {d.max_restarts})")
+    train.add_argument("--stall-timeout", type=float, help=f"seconds a stage may leave a ping unanswered before it is restarted as stuck (default {d.stall_timeout:g})")
+    train.add_argument("--inject-nan", type=_int_list, help="fault injection for testing: STAGE,STEP makes that stage's input NaN at that step; the run stops naming it")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint, with its own config (only --data-dir and --address may change)")
+    add_common_flags(train)
+    train.set_defaults(func=cmd_train)
+
+
+
+def _add_bench_command(commands) -> None:
+    bench = commands.add_parser("bench",
+                                help="throughput of modes side by side, with timelines and time to accuracy", description=(
+        "Run the chosen modes and stage counts on the same model, data and resources, repetitions "
+        "interleaved (A B C A B C ...), and write bench.json, bench.md and PNG plots to --out. The "
+        "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
+    bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"],
+                       help="modes to compare, comma separated (default backprop,gpipe,dni)")
+    bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
+    bench.add_argument("--dataset", default="mnist", help="mnist, digits or synthetic (default mnist)")
+    bench.add_argument("--arch", default="fc1024*8",
+                       help="the network, as for train (default fc1024*8: 4 layers per stage at K = 2)")
+    bench.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
+    bench.add_argument("--micro-batches", type=int, default=4, help="M for gpipe and 1f1b (default 4)")
+    bench.add_argument("--sg-hidden", type=_int_list, default=[128], help=(
+        "hidden widths of the SG models (default 128: a 1024-128-1024 bottleneck whose cost is a few "
+        "percent of a 4-layer block; the paper's 1024,1024 costs as much as the block)"))
+    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
+    bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
+    bench.add_argument("--link-latency-ms", type=_float_list, default=[0.0, 20.0],
+                       help="latencies to sweep, ms per message, comma separated; the first is the baseline (default 0,20)")
+    bench.add_argument("--target-accuracy", type=float, default=0.97,
+                       help="test accuracy for the time-to-accuracy runs (default 0.97)")
+    bench.add_argument("--tta-epochs", type=int, default=3,
+                       help="epochs after which a time-to-accuracy run gives up; 0 skips those runs (default 3)")
+    bench.add_argument("--eval-every", type=int, default=25,
+                       help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
+    add_common_flags(bench)
+    bench.set_defaults(func=cmd_bench)
+
+
+
+def add_commands(commands) -> None:
+    """Register `train` and `bench`."""
+    _add_train_command(commands)
+    _add_bench_command(commands)
+
+
+RESUME_FLAGS = ("data_dir", "address")  # where a resumed run finds its data and cluster may change; nothing else
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        changed = [k for k, v in vars(args).items() if v is not None and k in TrainConfig.__annotations__
+                   and k not in RESUME_FLAGS] + (["config"] if args.config else [])
+        if changed:
+            raise UserError(f"--resume continues a run with its own config: drop --{changed[0].replace('_', '-')}")
+        folder = RunFolder.existing(args.resume, checkpoint=RunFolder.MANIFEST)
+        cfg = build_config(folder.read_manifest()["config"], {k: getattr(args, k) for k in RESUME_FLAGS})
+    else:
+        cfg = build_config(load_config_file(args.config) if args.config else {}, vars(args))
+        folder = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.seed)
+    with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
+        check_capacity(cfg)
+        summary = train_into_folder(cfg, data, folder, not args.no_progress, resume=bool(args.resume))
+    print(summary_table([summary]))
+    print(f"results in {folder.path}/")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    flags = {**vars(args), "stages": min(args.stages), "mode": args.modes[0], "link_latency_ms": 0.0}
+    bench = BenchConfig(build_config({}, flags), modes=args.modes, stages=args.stages, reps=args.reps,
+                        steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
+                        tta_epochs=args.tta_epochs, eval_every=args.eval_every).validate()
+    folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    data = load_dataset(bench.base.dataset, bench.base.data_dir, seed=bench.base.seed)
+    with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
+        for k in bench.stages:
+            check_capacity(dataclasses.replace(bench.base, stages=k))
+        folder.create()
+        run_bench(bench, data, folder, progress=not args.no_progress)
+    print(folder.file("bench.md").read_text())
+    print(f"results in {folder.path}/")

@@ -1,0 +1,120 @@
+"""Training configuration: one dataclass, filled from a YAML/JSON file and then from flags, validated once."""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dni_pipeline.core.configs import check_file_values
+from dni_pipeline.core.datasets import DATASETS
+from dni_pipeline.core.errors import UserError
+
+from .network import parse_arch
+from .stage import LOCKED_MODES, MODES
+
+__all__ = ["DEFAULT_SG_HIDDEN", "TrainConfig", "build_config"]
+
+# The paper's choices: a 2x1024 MLP synthetic gradient for DNI, a linear one for cDNI.
+DEFAULT_SG_HIDDEN = {"dni": [1024, 1024], "cdni": []}
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "dni"
+    stages: int = 3
+    epochs: int = 10
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = False
+    arch: str = "fcn3"
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    sg_hidden: list[int] | None = None  # None: the mode's default (DEFAULT_SG_HIDDEN)
+    sg_lr: float | None = None  # None: same as lr
+    sg_off: bool = False
+    sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
+    aux_hidden: list[int] = field(default_factory=list)  # DGL auxiliary classifier; empty: linear
+    micro_batches: int = 4  # gpipe and 1f1b
+    seed: int = 0
+    max_in_flight: int = 0  # 0: 2 x stages for unlocked modes; locked modes always run 1
+    max_steps: int = 0  # 0: epochs x steps per epoch
+    eval_every: int = 0  # steps between test evaluations; 0: once per epoch
+    target_accuracy: float | None = None  # stop once the test accuracy reaches it
+    link_latency_ms: float = 0.0
+    cpus_per_stage: float = 1.0
+    device: str = "cpu"
+    address: str | None = None
+    stage_delay_ms: list[float] = field(default_factory=list)
+    out: str | None = None
+    checkpoint_dir: str | None = None  # path or URI every node can reach; None: the run folder's checkpoints/
+    checkpoint_every: int = 0  # steps between stage checkpoints; 0: at each evaluation
+    max_restarts: int = 3  # restarts of each stage actor before the run gives up
+    stall_timeout: float = 300.0  # seconds a stage may leave a ping unanswered before it is declared stuck
+    inject_nan: list[int] = field(default_factory=list)  # fault injection: [stage, step] gets a NaN input
+
+    def resolved_sg_hidden(self) -> list[int]:
+        return DEFAULT_SG_HIDDEN.get(self.mode, []) if self.sg_hidden is None else self.sg_hidden
+
+    def resolved_micro_batches(self) -> int:
+        return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
+
+    def window(self) -> int:
+        """Steps the driver lets into the pipeline before waiting for one to finish."""
+        if self.mode in LOCKED_MODES:
+            return 1  # a locked step ends with every stage updated
+        return self.max_in_flight or 2 * self.stages
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        need(self.mode in MODES, f"invalid mode '{self.mode}': choose one of {', '.join(MODES)}")
+        need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
+        need(self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda")
+        need(self.lr_schedule in ("constant", "cosine"), f"invalid lr_schedule '{self.lr_schedule}': use constant or cosine")
+        need(self.stages >= 1, f"--stages must be at least 1 (got {self.stages})")
+        need(self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")
+        need(self.batch_size >= 2, f"--batch-size must be at least 2 for BatchNorm (got {self.batch_size})")
+        need(self.lr > 0 and (self.sg_lr is None or self.sg_lr > 0), "learning rates must be positive")
+        need(self.cpus_per_stage > 0, f"--cpus-per-stage must be positive (got {self.cpus_per_stage})")
+        need(self.max_in_flight >= 0, f"--max-in-flight must be 0 (auto) or more (got {self.max_in_flight})")
+        need(self.micro_batches >= 1, f"--micro-batches must be at least 1 (got {self.micro_batches})")
+        need(
+            self.batch_size >= 2 * self.resolved_micro_batches(),
+            f"--batch-size {self.batch_size} leaves micro-batches under 2 samples: use at least "
+            f"{2 * self.resolved_micro_batches()} or fewer --micro-batches",
+        )
+        need(self.max_steps >= 0 and self.eval_every >= 0 and self.sg_probe_every >= 0,
+             "--max-steps, --eval-every and --sg-probe-every must be 0 or more")
+        need(self.link_latency_ms >= 0, f"--link-latency-ms must be 0 or more (got {self.link_latency_ms})")
+        need(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+             f"--target-accuracy is a fraction in (0, 1] (got {self.target_accuracy})")
+        need(all(w > 0 for w in self.resolved_sg_hidden() + self.aux_hidden),
+             "--sg-hidden and --aux-hidden widths must be positive")
+        need(
+            not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,
+            f"--stage-delay-ms needs one value per stage ({self.stages}), got {len(self.stage_delay_ms)}",
+        )
+        need(self.checkpoint_every >= 0 and self.max_restarts >= 0,
+             "--checkpoint-every and --max-restarts must be 0 or more")
+        need(self.stall_timeout > 0, f"--stall-timeout must be positive (got {self.stall_timeout})")
+        need(
+            not self.inject_nan or (len(self.inject_nan) == 2 and 0 <= self.inject_nan[0] < self.stages
+                                    and self.inject_nan[1] >= 0),
+            f"--inject-nan takes STAGE,STEP with 0 <= STAGE < {self.stages} (got {self.inject_nan})",
+        )
+        layers = parse_arch(self.arch)
+        need(
+            self.stages <= len(layers),
+            f"--stages {self.stages} is more than the {len(layers)} hidden layers of --arch '{self.arch}': "
+            f"use at most {len(layers)} stages or a deeper --arch",
+        )
+        return self
+
+
+def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
+    """Defaults, overridden by the config file, overridden by the flags that were given."""
+    known = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    check_file_values(file_values, known)
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and k in known}}
+    return TrainConfig(**merged).validate()

@@ -1,0 +1,192 @@
+"""The driver: starts the stage actors, feeds stage 0 with bounded steps in flight, evaluates through
+the same actors and checkpoints the stages (recovery.py brings lost ones back). It never carries
+activations or gradients."""
+
+import dataclasses
+import logging
+import signal
+import time
+import uuid
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
+
+from dni_pipeline.core.datasets import Dataset
+from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.ray_session import STAGE_SLOT, require_resources
+
+from .actors import Ledger, StageActor
+from .config import TrainConfig
+from .recovery import PipelineError, StageWatch, get_each
+from .stage import LOCKED_MODES, SG_MODES
+
+__all__ = ["Driver", "batch_order", "check_capacity"]
+
+log = logging.getLogger("dni_pipeline.trainer")
+
+POLL_SECONDS = 1.0  # how often the driver looks at the stages while it waits
+
+
+def batch_order(num_samples: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
+    """Index arrays of one epoch's mini-batches: a fresh seeded shuffle, the last partial batch dropped."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    full = num_samples // batch_size
+    return [perm[i * batch_size : (i + 1) * batch_size] for i in range(full)]
+
+
+def check_capacity(cfg: TrainConfig) -> None:
+    """Refuse, before any actor starts, a cluster that cannot host one actor per stage (and, on a
+    cluster that names its stage slots, one slot per stage)."""
+    kind, per_stage = ("GPU", 1.0) if cfg.device == "cuda" else ("CPU", cfg.cpus_per_stage)
+    require_resources({kind: per_stage * cfg.stages}, f"{cfg.stages} stages need them; add nodes, use fewer "
+                      "--stages, or lower --cpus-per-stage")
+    if ray.cluster_resources().get(STAGE_SLOT):
+        require_resources({STAGE_SLOT: cfg.stages}, f"each of the {cfg.stages} stages takes one; add worker nodes "
+                          "(each brings its stage slots) or use fewer --stages")
+
+
+def stage_resources(cfg: TrainConfig) -> dict:
+    """Ray options of one stage actor: its CPUs or GPU, a stage slot where the cluster names them, and
+    spread over nodes so consecutive stages run on different machines when there are several."""
+    options = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.cpus_per_stage}
+    if ray.cluster_resources().get(STAGE_SLOT):
+        options["resources"] = {STAGE_SLOT: 1}
+    return {**options, "scheduling_strategy": "SPREAD"}
+
+
+class Driver:
+    """One run's stage actors and ledger, and the steps, evaluations and checkpoints it sends them."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset):
+        self.cfg, self.data = cfg, data
+        self.steps_per_epoch = len(data.x_train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"--batch-size {cfg.batch_size} exceeds the {len(data.x_train)} training samples: lower it")
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        # The ledger lives on the driver's node: losing another node must not lose the run's bookkeeping.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.ledger = Ledger.options(scheduling_strategy=here).remote(cfg.stages)
+        self.data_refs = [ray.put(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
+        actor_class = ray.remote(StageActor)
+        run_id = uuid.uuid4().hex[:8]
+        self.stages = [  # named, so `ray list actors` (and a test) can find stage i of a run
+            actor_class.options(**stage_resources(cfg), name=f"dni-{run_id}-stage{i}", max_restarts=cfg.max_restarts,
+                                max_task_retries=0).remote(
+                dataclasses.asdict(cfg), i, data.input_shape, data.num_classes, self.total_steps)
+            for i in range(cfg.stages)
+        ]
+        self.generation = 0
+        self.connect()
+        self.placement = ray.get([stage.placement.remote() for stage in self.stages])
+        self.watch = StageWatch(self.stages, self.placement, cfg.stall_timeout)
+        self.restarts = [0] * cfg.stages
+        self.events: list[dict] = []
+        self.checkpoint_events = 0  # events before the last checkpoint: those after it are redone on a rollback
+        self.next_step = self.evaluated_batches = self.probes = 0
+        self.order_epoch, self.order = -1, []
+        self.last_counts: dict | None = None
+        self.stop_requested = False
+
+    def close(self) -> None:
+        for actor in self.stages + [self.ledger]:
+            ray.kill(actor)
+
+    def connect(self) -> None:
+        """Neighbours and data: what a stage actor is given after its constructor, so also after a restart."""
+        ray.get([self.stages[0].attach_data.remote(*self.data_refs)] + [
+            stage.connect.remote(self.stages[i - 1] if i else None, self.stages[i + 1] if i + 1 < self.cfg.stages else None,
+                                 self.ledger)
+            for i, stage in enumerate(self.stages)
+        ])
+
+    def wait(self, targets: list[tuple[str, int, int]]) -> dict:
+        """Block until the ledger reports the targets; raise if a stage failed, was lost, or nothing moves."""
+        last_progress = time.monotonic()
+        while True:
+            status = ray.get(self.ledger.wait.remote(targets, POLL_SECONDS))
+            if status["error"]:
+                raise PipelineError(status["error"])
+            if status["done"]:
+                return status["counts"]
+            self.watch.check(self.generation)
+            if status["counts"] != self.last_counts:
+                self.last_counts, last_progress = status["counts"], time.monotonic()
+            elif time.monotonic() - last_progress > 2 * self.cfg.stall_timeout:  # later than any stuck stage is found
+                raise PipelineError(f"no stage made progress for {2 * self.cfg.stall_timeout:g} s while all answer "
+                                    f"pings (counts {status['counts']})")
+
+    def batch(self, step: int) -> np.ndarray:
+        """Indices of a global step's mini-batch (each epoch a fresh seeded shuffle)."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if self.order_epoch != epoch:
+            self.order = batch_order(len(self.data.x_train), self.cfg.batch_size, epoch, self.cfg.seed)
+            self.order_epoch = epoch
+        return self.order[i]
+
+    def train_until(self, end_step: int, progress: tqdm) -> float:
+        """Feed steps up to `end_step` (fewer once a stop is requested) with at most `window` in flight,
+        then drain; return the seconds."""
+        cfg, window = self.cfg, self.cfg.window()
+        # The stage that finishes a step last: stage 0 after a locked flush, else the last stage.
+        done_stage = 0 if cfg.mode in LOCKED_MODES else cfg.stages - 1
+        probing = cfg.mode in SG_MODES and cfg.sg_probe_every and cfg.stages > 1
+        finished, fed, start = self.next_step, self.next_step, time.time()
+        for step in range(self.next_step, end_step):
+            if self.stop_requested:
+                break
+            if step - finished >= window:
+                finished = self.wait([("update", done_stage, step - window + 1)])["update"][done_stage]
+                progress.update(finished - progress.n)
+            indices = self.batch(step)
+            for micro, part in enumerate(np.array_split(indices, cfg.resolved_micro_batches())):
+                self.stages[0].feed.remote(step, micro, part, self.generation)
+            if probing and step % cfg.sg_probe_every == 0:
+                self.stages[0].feed_probe.remote(step, indices, self.generation)
+                self.probes += 1
+            fed = step + 1
+        # Drain: every stage has applied every update, every SG target and probe has been used.
+        targets = [("update", s, fed) for s in range(cfg.stages)]
+        if cfg.mode in SG_MODES and not cfg.sg_off:
+            targets += [("backward", s, fed) for s in range(cfg.stages - 1)]
+        if self.probes:
+            targets.append(("probe_backward", 0, self.probes))
+        self.wait(targets)
+        progress.update(fed - progress.n)
+        self.next_step = fed
+        return time.time() - start
+
+    def drain_events(self) -> list[dict]:
+        new = ray.get(self.ledger.drain.remote())
+        self.events += new
+        return new
+
+    def evaluate(self) -> dict:
+        """Test loss and accuracy with the stages' current weights, through the same actors."""
+        count = len(self.data.x_test)
+        batches = np.array_split(np.arange(count), max(1, -(-count // self.cfg.batch_size)))
+        first = self.evaluated_batches
+        for i, indices in enumerate(batches):
+            self.stages[0].feed_eval.remote(first + i, indices, self.generation)
+        self.evaluated_batches += len(batches)
+        self.wait([("eval", self.cfg.stages - 1, self.evaluated_batches)])
+        scored = [e for e in self.drain_events() if e["kind"] == "eval" and e["step"] >= first and "correct" in e]
+        return {
+            "test_accuracy": sum(e["correct"] for e in scored) / count,
+            "test_loss": sum(e["loss_sum"] for e in scored) / count,
+        }
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Every stage's checkpoint of the current (drained) step, and the ledger's counts with it."""
+        files = get_each([stage.save.remote(self.next_step) for stage in self.stages])
+        counts = ray.get(self.ledger.wait.remote([], 0))["counts"]
+        self.checkpoint_events = len(self.events)
+        return {"step": self.next_step, "stages": files, "ledger_counts": counts}
+
+    def request_stop(self, signum, frame) -> None:
+        """First Ctrl-C: finish the steps in flight, checkpoint and stop. A second one stops at once."""
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.warning("interrupted: finishing the steps in flight and writing a checkpoint (Ctrl-C again to stop at once)")

@@ -1,0 +1,140 @@
+"""A network described once as a string of layers, built from a seed and split into K stage modules.
+
+Layer tokens, comma separated: ``fc256`` (Linear + BatchNorm1d + ReLU), ``conv128`` (5x5 same-padded
+Conv2d + BatchNorm2d + ReLU), ``conv128p`` (the same followed by a 3x3 stride-2 max pool), and ``*N``
+to repeat a token (``fc1024*4``). Presets name the paper's networks. A linear classifier head is
+appended to the last stage.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dni_pipeline.core.errors import UserError
+
+__all__ = ["PRESETS", "LayerSpec", "parse_arch", "build_stages", "stage_output_shapes", "build_aux_head"]
+
+PRESETS = {
+    "fcn3": "fc256*3",  # the paper's MNIST FCN, 3 hidden layers
+    "fcn6": "fc256*6",
+    "cnn3": "conv128p*3",  # the paper's 3-layer CNN (5x5 kernels, 128 channels)
+}
+
+_TOKEN = re.compile(r"^(fc|conv)(\d+)(p?)(?:\*(\d+))?$")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    kind: str  # "fc" or "conv"
+    width: int  # units or channels
+    pool: bool = False
+
+
+def parse_arch(arch: str) -> list[LayerSpec]:
+    """Parse a preset name or a layer string; the error shows a valid example."""
+    text = PRESETS.get(arch, arch)
+    layers: list[LayerSpec] = []
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        match = _TOKEN.match(token)
+        if not match or int(match[2]) < 1 or (match[1] == "fc" and match[3]):
+            raise UserError(
+                f"bad layer '{token}' in --arch '{arch}': use a preset ({', '.join(PRESETS)}) "
+                "or tokens like 'fc256,fc256' or 'conv64p*2,fc256'"
+            )
+        layers += [LayerSpec(match[1], int(match[2]), bool(match[3]))] * int(match[4] or 1)
+    if not layers:
+        raise UserError(f"--arch '{arch}' has no layers: give at least one, e.g. 'fc256'")
+    if any(a.kind == "fc" and b.kind == "conv" for a, b in zip(layers, layers[1:])):
+        raise UserError(f"--arch '{arch}' puts a conv layer after an fc layer: list conv layers first")
+    return layers
+
+
+def _output_shape(spec: LayerSpec, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if spec.kind == "fc":
+        return (spec.width,)
+    if len(in_shape) != 3:
+        raise UserError("a conv layer needs image input: use fc layers for flat datasets")
+    _, height, width = in_shape
+    if spec.pool:
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return (spec.width, height, width)
+
+
+def _block(spec: LayerSpec, in_shape: tuple[int, ...]) -> nn.Module:
+    # No bias before BatchNorm: it would be cancelled by the mean subtraction, its true gradient is
+    # zero, and Adam would turn the rounding noise in that gradient into steps of full size.
+    if spec.kind == "fc":
+        modules = [nn.Flatten()] if len(in_shape) > 1 else []
+        modules += [nn.Linear(math.prod(in_shape), spec.width, bias=False), nn.BatchNorm1d(spec.width), nn.ReLU()]
+    else:
+        modules = [nn.Conv2d(in_shape[0], spec.width, 5, padding=2, bias=False), nn.BatchNorm2d(spec.width), nn.ReLU()]
+        if spec.pool:
+            modules.append(nn.MaxPool2d(3, stride=2, padding=1))
+    return nn.Sequential(*modules)
+
+
+def _shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per-sample shape entering each layer, then the shape leaving the last one."""
+    shapes = [tuple(input_shape)]
+    for spec in layers:
+        shapes.append(_output_shape(spec, shapes[-1]))
+    return shapes
+
+
+def _split_points(num_layers: int, num_stages: int) -> list[int]:
+    """Contiguous, balanced: the first ``num_layers % num_stages`` stages take one layer more."""
+    base, extra = divmod(num_layers, num_stages)
+    points, start = [], 0
+    for i in range(num_stages):
+        start += base + (i < extra)
+        points.append(start)
+    return points
+
+
+def build_stages(
+    layers: list[LayerSpec], input_shape: tuple[int, ...], num_classes: int, num_stages: int, seed: int
+) -> list[nn.Sequential]:
+    """Build the whole network from ``seed`` (so every process builds identical weights) and split it.
+
+    Stage k holds a contiguous run of hidden blocks; the last stage also holds the classifier head.
+    """
+    if not 1 <= num_stages <= len(layers):
+        raise UserError(
+            f"--stages {num_stages} does not fit {len(layers)} hidden layers: "
+            f"use 1..{len(layers)} stages or add layers to --arch"
+        )
+    shapes = _shapes(layers, input_shape)
+    torch.manual_seed(seed)
+    blocks = [_block(spec, shape) for spec, shape in zip(layers, shapes)]
+    head = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shapes[-1]), num_classes))
+    stages, start = [], 0
+    for stop in _split_points(len(layers), num_stages):
+        stages.append(nn.Sequential(*blocks[start:stop]))
+        start = stop
+    stages[-1].append(head)
+    return stages
+
+
+def stage_output_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...], num_stages: int) -> list[tuple]:
+    """Per-sample output shape of every stage but the last (the shapes the synthetic gradients predict)."""
+    shapes = _shapes(layers, input_shape)
+    return [shapes[stop] for stop in _split_points(len(layers), num_stages)[:-1]]
+
+
+def build_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Sequential:
+    """DGL's auxiliary classifier on a stage output: an MLP (linear without `hidden`); image outputs
+    are first average-pooled to 2x2 so the head stays small next to the block."""
+    modules: list[nn.Module] = []
+    if len(shape) == 3:
+        modules.append(nn.AdaptiveAvgPool2d(2))
+        shape = (shape[0], min(shape[1], 2), min(shape[2], 2))
+    modules.append(nn.Flatten())
+    width = math.prod(shape)
+    for units in hidden:
+        modules += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    modules.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*modules)

@@ -1,0 +1,151 @@
+"""What a pipeline run reports, and the one writer of its run folder: the step and evaluation
+records of `metrics.jsonl` (cut back to a checkpoint on a rollback), the checkpoint manifest,
+`summary.json` with its timeline figures, `curves.png`, and the summary table printed at the end."""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dni_pipeline.core.run_folder import RunFolder
+
+from .config import TrainConfig
+from .plots import plot_training_curves
+from .stage import LOCKED_MODES
+
+__all__ = ["TrainResult", "bubble_formula", "logged_records", "save_manifest", "step_records", "summarize",
+           "summary_table", "write_report"]
+
+SUMMARY_COLUMNS = [
+    ("mode", "mode"), ("stages", "K"), ("epochs", "epochs"), ("test_accuracy", "test acc"),
+    ("samples_per_sec", "samples/s"), ("stage_utilization", "utilization per stage"),
+    ("train_seconds", "train s"), ("wall_seconds", "wall s"),
+]
+
+
+@dataclass
+class TrainResult:
+    summary: dict
+    steps: list[dict] = field(default_factory=list)  # one record per training step (metrics.jsonl)
+    evals: list[dict] = field(default_factory=list)  # one record per evaluation
+    events: list[dict] = field(default_factory=list)  # every timed stage event (the timeline)
+
+
+def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
+    """One record per step: the loss and batch accuracy (summed over micro-batches), each earlier
+    stage's SG regression loss, and, on probed steps, each earlier stage's SG cosine similarity."""
+    records: dict[int, dict] = {}
+    per_stage = lambda: [None] * (cfg.stages - 1)  # noqa: E731
+    for event in events:
+        kind, step = event["kind"], event["step"]
+        if kind == "forward" and "loss" in event:
+            record = records.setdefault(step, {})
+            record["loss"] = record.get("loss", 0.0) + event["loss"]
+            record["correct"] = record.get("correct", 0) + event["correct"]
+        elif kind == "backward" and "sg_loss" in event:
+            records.setdefault(step, {}).setdefault("sg_loss", per_stage())[event["stage"]] = event["sg_loss"]
+        elif kind == "probe_backward":
+            records.setdefault(step, {}).setdefault("sg_cosine", per_stage())[event["stage"]] = event["sg_cosine"]
+    out = []
+    for step in sorted(records):
+        record = {"kind": "step", "step": step, "epoch": step // steps_per_epoch + 1, **records[step]}
+        record["train_accuracy"] = record.pop("correct") / cfg.batch_size
+        out.append(record)
+    return out
+
+
+def _utilization(events: list[dict], num_stages: int, train_seconds: float) -> tuple[list[float], list[float]]:
+    """Per stage: busy / wall over the training time, and transport (sending: serialisation, object
+    store, call submission) as a fraction of compute (busy minus transport)."""
+    busy, transport = [0.0] * num_stages, [0.0] * num_stages
+    for event in events:
+        if event["kind"] in ("forward", "backward"):
+            busy[event["stage"]] += event["end"] - event["start"]
+            transport[event["stage"]] += event["transport"]
+    utilization = [round(b / train_seconds, 4) if train_seconds else 0.0 for b in busy]  # 0 s: a resumed finished run
+    return utilization, [round(t / (b - t), 4) if b > t else 0.0 for t, b in zip(transport, busy)]
+
+
+def bubble_formula(cfg: TrainConfig) -> float:
+    """Idle fraction the schedule implies: locked (K-1)/K, GPipe/1F1B (K-1)/(M+K-1), unlocked 0."""
+    k, m = cfg.stages, cfg.resolved_micro_batches()
+    return (k - 1) / (m + k - 1) if cfg.mode in LOCKED_MODES else 0.0
+
+
+def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: str | None,
+              stage_updates: list[int], session_seconds: float, evals: list[dict], wall_seconds: float) -> dict:
+    """summary.json: the run's outcome, its counters over every resume, and this session's timeline figures."""
+    events = driver.events
+    utilization, transport = _utilization(events, cfg.stages, session_seconds)
+    transits = [e["transit"] for e in events if e["transit"] is not None and e["kind"] in ("forward", "backward")]
+    last = evals[-1] if evals else {}
+    return {
+        "mode": cfg.mode,
+        "stages": cfg.stages,
+        "micro_batches": cfg.resolved_micro_batches(),
+        "epochs": cfg.epochs,
+        "dataset": dataset,
+        "arch": cfg.arch,
+        "batch_size": cfg.batch_size,
+        "steps": stage_updates[-1],
+        "planned_steps": driver.total_steps,
+        "stage_updates": stage_updates,
+        "stopped_by": stopped_by or "completed",
+        "resumed": state["resumes"] > 0,
+        "resumes": state["resumes"],
+        "recoveries": state["recoveries"],
+        "test_accuracy": last.get("test_accuracy"),
+        "test_loss": last.get("test_loss"),
+        "samples_per_sec": round(state["trained_steps"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 2),
+        "stage_utilization": utilization,
+        "bubble_measured": round(1 - sum(utilization) / len(utilization), 4),
+        "bubble_formula": round(bubble_formula(cfg), 4),
+        "transport_fraction": transport,
+        "median_transit_ms": round(1000 * float(np.median(transits)), 3) if transits else None,
+        "link_latency_ms": cfg.link_latency_ms,
+        "target_accuracy": cfg.target_accuracy,
+        "time_to_target_seconds": None if state["time_to_target"] is None else round(state["time_to_target"], 3),
+        "train_seconds": round(state["train_seconds"], 3),
+        "checkpoint_seconds": round(state["checkpoint_seconds"], 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "placement": driver.placement,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+# -- the run folder ----------------------------------------------------------------------------------
+def logged_records(folder: RunFolder, step: int) -> tuple[list[dict], list[dict]]:
+    """metrics.jsonl cut back to a checkpoint at `step` (steps before it, evaluations up to it), as
+    (step records, evaluation records)."""
+    records = folder.trim_metrics(lambda r: r["step"] < step or (r["kind"] == "eval" and r["step"] == step))
+    return [r for r in records if r["kind"] == "step"], [r for r in records if r["kind"] == "eval"]
+
+
+def save_manifest(folder: RunFolder, saved: dict, planned_steps: int, state: dict, cfg: TrainConfig) -> None:
+    """The manifest of the stage files just saved, with the run's counters and config: what a resume needs."""
+    folder.write_manifest({**saved, "planned_steps": planned_steps, **state, "config": dataclasses.asdict(cfg)})
+
+
+def write_report(folder: RunFolder, cfg: TrainConfig, dataset: str, result: TrainResult) -> None:
+    folder.write_summary(result.summary)
+    plot_training_curves(folder.file("curves.png"), result.steps, result.evals,
+                         f"{cfg.mode}, {cfg.stages} stages, {dataset} ({cfg.arch})")
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Run summaries as an aligned text table of their main figures."""
+    cells = [[heading for _, heading in SUMMARY_COLUMNS]]
+    for row in rows:
+        cells.append([_cell(row.get(key)) for key, _ in SUMMARY_COLUMNS])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(_cell(v) for v in value)
+    return "-" if value is None else str(value)

@@ -1,0 +1,131 @@
+"""`dni-pipeline kg train|sweep|complete`: KG completion runs as Ray tasks on the local Ray or a cluster."""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from dni_pipeline.core.configs import check_file_values, load_config_file
+from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.job_cli import JobCommands, add_job_commands
+from dni_pipeline.core.run_folder import RunFolder
+
+from .datasets import SHIPPED, load_kg
+from .job import KG_JOB, KGJobConfig
+from .models import MODELS
+from .presets import preset
+from .training import KGTrainConfig
+
+__all__ = ["add_commands"]
+
+TRAIN = KGTrainConfig()
+RUN = KGJobConfig()
+# Flag name -> help; defaults come from the preset of (dataset, model), shown by `kg train --help`.
+TRAIN_FLAGS = {
+    "dim": (int, "embedding size (complex numbers for complex and rotate)"),
+    "loss": (str, "1vsall (cross-entropy over all entities) or negsamp (self-adversarial negative sampling); default by model"),
+    "optimizer": (str, "adagrad or adam"),
+    "lr": (float, "learning rate"),
+    "batch_size": (int, "training triples per step (reciprocals included)"),
+    "epochs": (int, "most epochs; early stopping usually ends sooner"),
+    "n3": (float, "N3 regularisation weight (1vsall)"),
+    "label_smoothing": (float, "label smoothing of the 1vsall cross-entropy"),
+    "init_scale": (float, "std of the initial embeddings"),
+    "negatives": (int, "negative tails per positive (negsamp)"),
+    "adversarial_temperature": (float, "alpha of the self-adversarial weights (negsamp; 0 = uniform)"),
+    "gamma": (float, "margin of the distance models"),
+    "p_norm": (int, "TransE distance: 1 or 2"),
+    "eval_every": (int, "epochs between validation MRRs"),
+    "patience": (int, "validations without improvement before early stopping"),
+    "time_budget": (float, "minutes of training after which the run stops at its next validation (0: none)"),
+    "seed": (int, "seed of the embeddings, batches and negatives"),
+}
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (flags override it)")
+    p.add_argument("--dataset", help=f"shipped: {', '.join(SHIPPED)}; or any folder name under --data-dir "
+                                     f"(wn18rr, fb15k237, ...) holding train/valid/test.txt (default {RUN.dataset})")
+    p.add_argument("--data-dir", help="folder holding DATASET/ or kg/DATASET/ (or set $DNI_PIPELINE_DATA)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="fetch a missing wn18rr or fb15k237 (sha256-checked) into --data-dir or the cache")
+    p.add_argument("--unseen", help="valid/test triples whose entity or relation is not in train: drop (left out, "
+                                    "counted in summary.json) or error (default drop)")
+    p.add_argument("--model", help=f"{', '.join(MODELS)} (default {TRAIN.model})")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: the preset for dataset and model)")
+    p.add_argument("--device", help="cpu or cuda (with --num-gpus 1) (default cpu)")
+    p.add_argument("--eval-batch-size", type=int, help=f"queries per score matrix in evaluation (default {RUN.eval_batch_size})")
+    p.add_argument("--chunk-size", type=int,
+                   help=f"candidate entities per score matrix: bounds memory (default {RUN.chunk_size})")
+
+
+def _config(args: argparse.Namespace) -> KGJobConfig:
+    """The preset for (dataset, model), overridden by the config file, overridden by the given flags."""
+    file_values = load_config_file(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    train_fields = {f.name: f.type for f in dataclasses.fields(KGTrainConfig)}
+    job_fields = {f.name: f.type for f in dataclasses.fields(KGJobConfig) if f.name != "train"}
+    check_file_values(file_values, {**job_fields, **train_fields})
+    merged = {**file_values, **{k: v for k, v in flags.items() if k in train_fields or k in job_fields}}
+    dataset, model = merged.get("dataset", RUN.dataset), merged.get("model", TRAIN.model)
+    train = {**preset(dataset, model), **{k: v for k, v in merged.items() if k in train_fields}}
+    return KGJobConfig(train=KGTrainConfig(**train), **{k: v for k, v in merged.items() if k in job_fields}).validate()
+
+
+def _check_data(cfg: KGJobConfig) -> None:
+    load_kg(cfg.dataset, cfg.data_dir, cfg.unseen, cfg.download)
+
+
+def _show_summary(summary: dict) -> None:
+    print(f"{summary['model']} on {summary['dataset']}: {summary['epochs']} epochs (best {summary['best_epoch']}), "
+          f"train {summary['train_seconds']:.1f} s, test evaluation {summary['eval_seconds']:.2f} s")
+    print(f"{'split':<6} {'MRR':>7} {'H@1':>7} {'H@3':>7} {'H@10':>7} {'pess. MRR':>10} {'random MRR':>11}")
+    for split in ("valid", "test"):
+        m = summary[split]
+        extra = f"  AUC-PR {m['auc_pr']:.4f}" if "auc_pr" in m else ""
+        print(f"{split:<6} {m['mrr']:7.4f} {m['hits@1']:7.4f} {m['hits@3']:7.4f} {m['hits@10']:7.4f} "
+              f"{m['pessimistic']['mrr']:10.4f} {m['random_mrr']:11.4f}{extra}")
+    if any(summary["unseen"].values()):
+        print(f"left out of evaluation (entity or relation unseen in train): {summary['unseen']}")
+
+
+def cmd_complete(args: argparse.Namespace) -> None:
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist: create it or choose another path")
+    from .complete import complete, write_tsv
+    from .evaluate import answer_index
+    from .job import load_trained
+
+    _, data, model = load_trained(RunFolder.existing(args.run))
+    triples = complete(model, data, answer_index(data), head=args.head, relation=args.relation, tail=args.tail,
+                       top_k=args.top_k)
+    write_tsv(args.out, triples)
+    for h, r, t, s in triples[:10]:
+        print(f"{h}\t{r}\t{t}\t{s:.4f}")
+    print(f"{len(triples)} predicted triples (none already known) in {args.out}")
+
+
+COMMANDS = JobCommands(
+    job=KG_JOB, help="knowledge-graph completion jobs as Ray tasks", train_description=(
+        "Train a link-prediction model as one Ray task with early stopping on validation MRR, then evaluate the best "
+        "model with the filtered protocol in both directions (realistic ties; pessimistic beside them). Defaults are "
+        "tuned per dataset and model (kg/presets.py). The run folder gets summary.json, metrics.jsonl, curves.png, "
+        "config.json and checkpoint.pt. A sweep selects on validation MRR, never on test."),
+    add_flags=_run_flags, config_from_args=_config, check_data=_check_data, extendable=("epochs", "time_budget"),
+    default_out=lambda cfg: f"kg-{cfg.dataset}-{cfg.train.model}", show_summary=_show_summary)
+
+
+def add_commands(commands) -> None:
+    """Register `kg train|sweep` (the shared skeleton) and `kg complete`."""
+    group = add_job_commands(commands, COMMANDS)
+    comp = group.add_parser("complete", help="write the top-k predicted triples that are not already known", description=(
+        "Score candidate triples with a trained run's best model and write the top-k that are in none of the splits, "
+        "as TSV (head, relation, tail, score). Give --head and/or --relation (or --tail and/or --relation); with "
+        "neither, the whole graph is searched."))
+    comp.add_argument("--run", required=True, help="a run folder written by `kg train`")
+    comp.add_argument("--head", help="complete (HEAD, relation, ?)")
+    comp.add_argument("--tail", help="complete (?, relation, TAIL)")
+    comp.add_argument("--relation", help="only this relation (default: every relation)")
+    comp.add_argument("--top-k", type=int, default=10, help="number of triples to write (default 10)")
+    comp.add_argument("--out", type=Path, required=True, help="TSV file to write")
+    comp.set_defaults(func=cmd_complete)

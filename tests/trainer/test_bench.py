@@ -1,0 +1,67 @@
+"""`dni-pipeline bench`: its output files, ratios and bad input."""
+
+import json
+
+import pytest
+
+from dni_pipeline.cli import main
+from dni_pipeline.trainer.bench import BenchConfig, _add_ratios
+from dni_pipeline.trainer.config import TrainConfig
+from dni_pipeline.trainer.report import bubble_formula
+
+TINY = ["--dataset", "synthetic", "--arch", "fc16*2", "--batch-size", "64", "--no-progress"]
+
+
+def test_bubble_formula():
+    assert bubble_formula(TrainConfig(mode="gpipe", stages=2, micro_batches=4)) == pytest.approx(1 / 5)
+    assert bubble_formula(TrainConfig(mode="1f1b", stages=3, micro_batches=6)) == pytest.approx(2 / 8)
+    assert bubble_formula(TrainConfig(mode="backprop", stages=3)) == pytest.approx(2 / 3)
+    assert bubble_formula(TrainConfig(mode="dni", stages=3)) == 0.0
+
+
+def test_ratios_are_against_the_same_stage_count():
+    entries = [{"mode": m, "stages": k, "samples_per_sec": {"median": v}}
+               for m, k, v in [("backprop", 2, 100.0), ("gpipe", 2, 150.0), ("dni", 2, 180.0), ("dni", 3, 240.0)]]
+    _add_ratios(entries)
+    assert [(e["vs_backprop"], e["vs_gpipe"]) for e in entries] == [(1.0, 0.667), (1.5, 1.0), (1.8, 1.2), (None, None)]
+
+
+@pytest.mark.slow
+def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "--modes", "backprop,dni", "--stages", "2", "--reps", "2", "--steps", "8",
+            "--link-latency-ms", "0,5", "--target-accuracy", "0.3", "--tta-epochs", "1", "--eval-every", "4",
+            *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    entries = json.loads((out / "bench.json").read_text())
+    assert [(e["mode"], e["stages"]) for e in entries] == [("backprop", 2), ("dni", 2)]
+    for e in entries:
+        assert len(e["samples_per_sec"]["values"]) == 2 and e["samples_per_sec"]["min"] <= e["samples_per_sec"]["median"]
+        assert len(e["stage_utilization"]) == 2 and len(e["transport_fraction"]) == 2
+        assert set(e["samples_per_sec_by_latency"]) == {"0", "5"}
+        assert "bubble_measured" in e and "time_to_accuracy_seconds" in e
+    assert entries[0]["bubble_formula"] == pytest.approx(0.5) and entries[0]["vs_backprop"] == 1.0
+    table = (out / "bench.md").read_text()
+    assert table.startswith("| mode | K |") and "| dni | 2 |" in table and "kept at 5 ms" in table
+    for name in ("throughput.png", "timeline_backprop_K2.png", "timeline_dni_K2.png", "latency.png",
+                 "accuracy_vs_time.png", "sg_cosine.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--modes", "backprop,warp"], "invalid mode 'warp'"),
+    (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers"),
+    (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
+    (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
+])
+def test_bench_bad_input(tmp_path, capsys, extra, message):
+    assert main(["bench", *TINY, *extra, "--out", str(tmp_path / "b")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_config_validates_every_mode_and_stage_count():
+    base = TrainConfig(dataset="synthetic", arch="fc16*3", stages=2)
+    BenchConfig(base, modes=["gpipe", "dgl"], stages=[2, 3]).validate()
+    with pytest.raises(Exception, match="more than the 3 hidden layers"):
+        BenchConfig(base, stages=[4]).validate()

@@ -1,0 +1,225 @@
+"""The update rules of one stage, checked against autograd directly (no Ray)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dni_pipeline.trainer.network import build_stages, parse_arch
+from dni_pipeline.trainer.stage import Stage, learning_rate
+from dni_pipeline.trainer.synthetic_gradients import SyntheticGradient
+
+
+def _randomize_last_layer(sg: SyntheticGradient) -> None:
+    torch.nn.init.normal_(sg.net[-1].weight, std=0.3)
+    torch.nn.init.normal_(sg.net[-1].bias, std=0.3)
+
+
+def _stage(index, num_stages, module, mode, sg=None, sent=None):
+    return Stage(index, num_stages, module, mode, (sent if sent is not None else []).append,
+                 lr=1e-2, lr_schedule="constant", total_steps=10, sg_model=sg)
+
+
+@pytest.mark.parametrize("shape, classes", [((16,), None), ((16,), 5), ((3, 4, 4), None), ((3, 4, 4), 5)])
+def test_sg_final_layer_starts_at_zero(shape, classes):
+    sg = SyntheticGradient(shape, [8], classes)
+    assert not sg.net[-1].weight.any() and not sg.net[-1].bias.any()
+    h = torch.randn(6, *shape)
+    assert torch.equal(sg.predict(h, torch.arange(6) % 5), torch.zeros_like(h))
+
+
+@pytest.mark.parametrize("mode", ["dni", "cdni"])
+def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(mode):
+    torch.manual_seed(0)
+    block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
+    sg = SyntheticGradient((16,), [32] if mode == "dni" else [], 5 if mode == "cdni" else None)
+    _randomize_last_layer(sg)
+    block_before, sg_before = copy.deepcopy(block), copy.deepcopy(sg)
+    sent = []
+    stage = _stage(1, 3, block, mode, sg, sent)
+    h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
+    stage.forward(0, 0, h_in.clone(), labels)
+
+    # What the test computes itself: d/dh_in <block(h_in), M(h)> with M(h) held constant.
+    x = h_in.clone().requires_grad_()
+    out = block_before(x)
+    prediction = sg_before.predict(out.detach(), labels)
+    (expected,) = torch.autograd.grad((out * prediction).sum(), x)
+
+    assert [m.kind for m in sent] == ["forward", "backward"]  # activations leave before the update
+    torch.testing.assert_close(sent[0].tensor, out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(sent[1].tensor, expected, rtol=1e-6, atol=1e-7)
+    assert expected.abs().sum() > 0
+    assert stage.updates == 1  # updated at once, without waiting for anything downstream
+
+
+def test_last_stage_sends_the_true_input_gradient():
+    block = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[1]
+    block_before = copy.deepcopy(block)
+    sent = []
+    stage = _stage(1, 2, block, "dni", sent=sent)
+    h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
+    metrics = stage.forward(0, 0, h_in.clone(), labels)
+    x = h_in.clone().requires_grad_()
+    loss = F.cross_entropy(block_before(x), labels)
+    (expected,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(sent[0].tensor, expected, rtol=1e-6, atol=1e-8)
+    assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-6) and metrics["count"] == 8
+
+
+def test_conditioned_sg_depends_on_the_label():
+    sg = SyntheticGradient((16,), [], num_classes=5)
+    _randomize_last_layer(sg)
+    h = torch.randn(1, 16).repeat(2, 1)
+    prediction = sg.predict(h, torch.tensor([0, 1]))
+    assert not torch.allclose(prediction[0], prediction[1])
+
+
+def test_sg_regression_learns_its_target():
+    torch.manual_seed(0)
+    sg = SyntheticGradient((16,), [], None)
+    stage = _stage(0, 2, torch.nn.Linear(16, 16), "dni", sg)
+    mapping = torch.randn(16, 16) * 0.1
+    losses = []
+    for step in range(300):
+        h = torch.rand(32, 16)
+        stage.pending[(step, 0)] = (h, torch.zeros(32, dtype=torch.long))
+        target = (h @ mapping) / 32  # a gradient of the batch-mean loss
+        losses.append(stage.backward(step, 0, target)["sg_loss"])
+    assert losses[-1] < losses[0] / 20
+
+
+def test_backprop_chain_equals_one_module():
+    """Three backprop stages wired by plain function calls train exactly like the whole network."""
+    layers, seed = parse_arch("fc32*3"), 3
+    reference = torch.nn.Sequential(*build_stages(layers, (12,), 4, 3, seed))
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    parts = build_stages(layers, (12,), 4, 3, seed)
+
+    stages: list[Stage] = []
+
+    def wire(i):
+        def send(message):
+            if message.kind == "forward":
+                stages[i + 1].forward(message.step, message.micro, message.tensor, message.labels)
+            else:
+                stages[i - 1].backward(message.step, message.micro, message.tensor)
+        return send
+
+    stages += [Stage(i, 3, parts[i], "backprop", wire(i), lr=1e-2, lr_schedule="cosine", total_steps=5) for i in range(3)]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(5):
+        x, y = torch.rand(16, 12, generator=generator), torch.randint(0, 4, (16,), generator=generator)
+        stages[0].forward(step, 0, x, y)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(1e-2, "cosine", step, 5)
+        optimizer.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        optimizer.step()
+    flat = [t for s in parts for t in s.state_dict().values()]
+    for got, want in zip(flat, reference.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_cosine_schedule():
+    assert learning_rate(0.1, "cosine", 0, 100) == pytest.approx(0.1)
+    assert learning_rate(0.1, "cosine", 50, 100) == pytest.approx(0.05)
+    assert learning_rate(0.1, "cosine", 100, 100) == pytest.approx(0.0)
+    assert learning_rate(0.1, "constant", 99, 100) == 0.1
+
+
+def _simulate(mode: str, num_stages: int, micro_batches: int):
+    """Deliver messages first-in first-out between pure Stage objects, as actors would; return each
+    stage's order of forwards ("F", micro) and backwards ("B", micro), and the stages."""
+    from collections import deque
+
+    layers = parse_arch(f"fc8*{num_stages}")
+    parts = build_stages(layers, (6,), 3, num_stages, seed=0)
+    inbox: deque = deque()
+    trace: list[list] = [[] for _ in range(num_stages)]
+    stages: list[Stage] = []
+
+    def make_send(i):
+        def send(message):
+            target = i + 1 if message.kind == "forward" else i - 1
+            inbox.append((target, message))
+        return send
+
+    for i in range(num_stages):
+        stage = Stage(i, num_stages, parts[i], mode, make_send(i), lr=1e-2, lr_schedule="constant",
+                      total_steps=1, micro_batches=micro_batches, batch_size=4 * micro_batches)
+        original_forward, original_backward = stage.module.forward, stage._locked_backward
+        stage.module.forward = lambda x, i=i, f=original_forward: (trace[i].append(("F", None)), f(x))[1]
+        stage._locked_backward = lambda step, micro, grad, i=i, b=original_backward: (
+            trace[i].append(("B", micro)), b(step, micro, grad))[1]
+        stages.append(stage)
+    x, y = torch.rand(4 * micro_batches, 6), torch.arange(4 * micro_batches) % 3
+    for micro in range(micro_batches):
+        inbox.append((0, ("feed", micro, x[4 * micro:4 * micro + 4], y[4 * micro:4 * micro + 4])))
+    while inbox:
+        target, message = inbox.popleft()
+        if isinstance(message, tuple):
+            stages[0].forward(0, message[1], message[2], message[3])
+        elif message.kind == "forward":
+            stages[target].forward(0, message.micro, message.tensor, message.labels)
+        else:
+            stages[target].backward(0, message.micro, message.tensor)
+    return [["F" if op == "F" else f"B{m}" for op, m in ops] for ops in trace], stages
+
+
+def test_gpipe_schedule_runs_all_forwards_then_backwards_in_reverse():
+    trace, stages = _simulate("gpipe", num_stages=2, micro_batches=4)
+    assert trace[0] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
+    assert trace[1] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
+    assert [s.updates for s in stages] == [1, 1]
+
+
+def test_1f1b_schedule_alternates_and_bounds_activations():
+    trace, stages = _simulate("1f1b", num_stages=3, micro_batches=4)
+    assert trace[0] == ["F", "F", "F", "B0", "F", "B1", "B2", "B3"]  # at most K - 0 = 3 in flight
+    assert trace[1] == ["F", "F", "B0", "F", "B1", "F", "B2", "B3"]  # at most K - 1 = 2 in flight
+    assert trace[2] == ["F", "B0", "F", "B1", "F", "B2", "F", "B3"]
+    assert [s.updates for s in stages] == [1, 1, 1] and not any(s.pending for s in stages)
+
+
+def test_dgl_trains_an_auxiliary_head_and_sends_nothing_upstream():
+    from dni_pipeline.trainer.network import build_aux_head
+
+    block = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[0]
+    head = build_aux_head((16,), 5, [])
+    head_before = copy.deepcopy(head)
+    sent = []
+    stage = Stage(0, 2, block, "dgl", sent.append, lr=1e-2, lr_schedule="constant", total_steps=1, aux_head=head)
+    metrics = stage.forward(0, 0, torch.randn(8, 16), torch.arange(8) % 5)
+    assert [m.kind for m in sent] == ["forward"] and metrics["aux_loss"] > 0
+    assert not torch.equal(head[-1].weight, head_before[-1].weight) and stage.updates == 1
+    sent.clear()
+    last = Stage(1, 2, build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[1], "dgl", sent.append,
+                 lr=1e-2, lr_schedule="constant", total_steps=1)
+    last.forward(0, 0, torch.randn(8, 16), torch.arange(8) % 5)
+    assert sent == []
+
+
+def test_probe_compares_sg_with_the_true_gradient_and_changes_nothing():
+    """Two stages: the probe's cosine at stage 0 equals the cosine between the SG prediction and
+    autograd's gradient of the last stage's loss, and no weight or statistic moves."""
+    parts = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)
+    sg = SyntheticGradient((16,), [], 5)
+    _randomize_last_layer(sg)
+    inbox = []
+    first = Stage(0, 2, parts[0], "cdni", inbox.append, lr=1e-2, lr_schedule="constant", total_steps=1, sg_model=sg)
+    last = Stage(1, 2, parts[1], "cdni", inbox.append, lr=1e-2, lr_schedule="constant", total_steps=1)
+    before = [copy.deepcopy(p.state_dict()) for p in parts]
+    x, y = torch.rand(8, 16), torch.arange(8) % 5
+    first.probe(7, x, y)
+    last.probe(7, inbox[0].tensor, inbox[0].labels)
+    cosine = first.probe_backward(7, inbox[1].tensor)["sg_cosine"]
+    for part, state in zip(parts, before):
+        for name, value in part.state_dict().items():
+            assert torch.equal(value, state[name]), name
+
+    h = parts[0](x).detach().requires_grad_()
+    (true_grad,) = torch.autograd.grad(F.cross_entropy(parts[1](h), y), h)
+    expected = F.cosine_similarity(sg.predict(h.detach(), y).flatten(), true_grad.flatten(), dim=0).item()
+    assert cosine == pytest.approx(expected, abs=1e-5)
