@@ -1,1 +1,1 @@
-"""Denoising diffusion (DDPM) training as plain PyTorch, with Ray job entry points (issue 4)."""
+"""Denoising diffusion (DDPM) training as plain PyTorch; job.py is what the core runs as a Ray task."""

@@ -1,1 +1,1 @@
-"""Knowledge-graph completion (link prediction) as plain PyTorch, with Ray job entry points (issue 5)."""
+"""Knowledge-graph completion (link prediction) as plain PyTorch; job.py is what the core runs as a Ray task."""

@@ -10,6 +10,7 @@ from .configs import with_values
 from .jobs import Job, run_sweep, submit_job
 from .ray_session import Resources, check_task_resources, connect_ray
 from .run_folder import RunFolder
+from .sweeps import config_fields, parse_grid
 
 __all__ = ["JobCommands", "Parser", "add_job_commands", "add_ray_flags", "resources_from"]
 
@@ -46,6 +47,8 @@ class JobCommands:
 
 
 def _train(spec: JobCommands, args: argparse.Namespace) -> None:
+    import ray
+
     resume = args.resume is not None
     if resume:
         folder = RunFolder.existing(args.resume)
@@ -61,16 +64,12 @@ def _train(spec: JobCommands, args: argparse.Namespace) -> None:
     resources = resources_from(args)
     with connect_ray(args.address, resources.num_cpus):
         check_task_resources(cfg.device, resources)
-        import ray
-
         summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))
     spec.show_summary(summary)
     print(f"results in {folder.path}/")
 
 
 def _sweep(spec: JobCommands, args: argparse.Namespace) -> None:
-    from .sweeps import config_fields, parse_grid
-
     base = spec.config_from_args(args)
     grid = parse_grid(args.grid, config_fields(base.train, base))
     out = RunFolder(args.out or f"runs/{spec.job.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -78,7 +77,7 @@ def _sweep(spec: JobCommands, args: argparse.Namespace) -> None:
     resources = resources_from(args)
     with connect_ray(args.address, resources.num_cpus):
         check_task_resources(base.device, resources)
-        trials = run_sweep(spec.job, base, grid, out, resources, samples=args.samples, seed=getattr(base.train, "seed", 0))
+        trials = run_sweep(spec.job, base, grid, out, resources, samples=args.samples, seed=base.train.seed)
     print(out.file("sweep.md").read_text())
     metric = spec.job.selection(base)[0]
     print(f"selected on {metric}: {trials[0]['trial']} ({metric} {trials[0][metric]}); results in {out.path}/")
