@@ -1,6 +1,6 @@
-"""What a pipeline run reports, and the one writer of its run folder: the step and evaluation
-records of `metrics.jsonl` (cut back to a checkpoint on a rollback), the checkpoint manifest,
-`summary.json` with its timeline figures, `curves.png`, and the summary table printed at the end."""
+"""What a pipeline run reports into its run folder: the step and evaluation records of
+`metrics.jsonl` (cut back to a checkpoint on a rollback), the checkpoint manifest, `summary.json`
+with its timeline figures, `curves.png`, and the summary table printed at the end."""
 
 import dataclasses
 from dataclasses import dataclass, field

@@ -1,6 +1,7 @@
 """The training loop of a pipeline run: segments between evaluation and checkpoint steps, a
 checkpoint as each segment ends, rollbacks after a lost stage, resume, and a clean stop on Ctrl-C.
-What the run reports, and every file of its folder, comes from report.py."""
+What the run reports (its metric records, checkpoint manifest, summary and curves) is made in
+report.py and written through the core's RunFolder."""
 
 import logging
 import signal
