@@ -85,24 +85,32 @@ def _pod_template(path: Path, where: str, template) -> None:
     for i, container in enumerate(containers):
         if not isinstance(container, dict) or not container.get("name") or not container.get("image"):
             raise UserError(f"{path}: {where}.template.spec.containers[{i}] needs a name and an image")
+        env = container.get("env", [])
+        if not isinstance(env, list) or not all(isinstance(e, dict) and e.get("name") for e in env):
+            raise UserError(f"{path}: {where}.template.spec.containers[{i}].env must list name/value entries")
+
+
+def _group(path: Path, at: str, group, allowed: dict[str, bool]) -> None:
+    """A head or worker group: its CRD fields, its pod template, its `ray start` flags."""
+    _fields(path, at, group, allowed)
+    _pod_template(path, at, group["template"])
+    params = group["rayStartParams"]
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise UserError(f"{path}: {at}.rayStartParams must map flag names to strings")
 
 
 def _cluster_spec(path: Path, where: str, spec) -> None:
     _fields(path, where, spec, RAY_CLUSTER_SPEC)
-    _fields(path, f"{where}.headGroupSpec", spec["headGroupSpec"], HEAD_GROUP)
-    _pod_template(path, f"{where}.headGroupSpec", spec["headGroupSpec"]["template"])
+    _group(path, f"{where}.headGroupSpec", spec["headGroupSpec"], HEAD_GROUP)
     groups = spec.get("workerGroupSpecs", [])
     if not isinstance(groups, list):
         raise UserError(f"{path}: {where}.workerGroupSpecs must be a list")
     for i, group in enumerate(groups):
         at = f"{where}.workerGroupSpecs[{i}]"
-        _fields(path, at, group, WORKER_GROUP)
-        _pod_template(path, at, group["template"])
+        _group(path, at, group, WORKER_GROUP)
         counts = [group.get(k) for k in ("minReplicas", "replicas", "maxReplicas") if group.get(k) is not None]
         if not all(isinstance(c, int) and c >= 0 for c in counts) or counts != sorted(counts):
             raise UserError(f"{path}: {at} needs integer minReplicas <= replicas <= maxReplicas")
-        if not isinstance(group["rayStartParams"], dict) or not all(isinstance(v, str) for v in group["rayStartParams"].values()):
-            raise UserError(f"{path}: {at}.rayStartParams must map flag names to strings")
 
 
 def _containers(spec: dict):
@@ -127,7 +135,7 @@ def _token_auth(path: Path, where: str, spec: dict) -> bool:
         raise UserError(f"{path}: {where}.rayVersion {version or '(unset)'} has no token authentication: "
                         f"set it to {'.'.join(map(str, TOKEN_AUTH_RAY))} or newer")
     for container in _containers(spec):
-        names = {e.get("name") for e in container.get("env", []) if isinstance(e, dict)}
+        names = {e["name"] for e in container.get("env", [])}
         if names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}:
             raise UserError(f"{path}: container {container['name']} sets RAY_AUTH_MODE/RAY_AUTH_TOKEN itself: with "
                             f"{where}.authOptions the operator sets them from the Secret it creates; remove them")

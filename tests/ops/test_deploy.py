@@ -69,6 +69,10 @@ def test_kuberay_manifests_carry_the_crd_fields_and_broken_copies_fail(path):
                      "needs a name and an image"),
         "public head": (lambda m: _cluster_spec(m)["headGroupSpec"].update(serviceType="LoadBalancer"),
                         "exposes the head outside the cluster"),
+        "head flags not a mapping": (lambda m: _cluster_spec(m)["headGroupSpec"].update(rayStartParams="x"),
+                                     r"headGroupSpec.rayStartParams must map flag names to strings"),
+        "env not a list": (lambda m: _cluster_spec(m)["headGroupSpec"]["template"]["spec"]["containers"][0]
+                           .update(env=None), r"containers\[0\].env must list name/value entries"),
         "old api": (lambda m: m.update(apiVersion="ray.io/v1alpha1"), "ray.io/v1"),
     }
     for breaking, message in breakages.values():
