@@ -8,7 +8,7 @@ from dni_pipeline.core.datasets import DATASETS
 from dni_pipeline.core.errors import UserError
 
 from .network import parse_arch
-from .stage import LOCKED_MODES, MODES
+from .stage import LOCKED_MODES, MODES, SG_UPDATES
 
 __all__ = ["DEFAULT_SG_HIDDEN", "TrainConfig", "build_config"]
 
@@ -31,6 +31,8 @@ class TrainConfig:
     sg_hidden: list[int] | None = None  # None: the mode's default (DEFAULT_SG_HIDDEN)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
+    sg_update: str = "calibrated"  # how an SG-driven stage steps: calibrated (scaled SG, SGD) or paper (raw SG, Adam)
+    sg_update_lr: float = 0.05  # SGD learning rate of SG-driven stages under sg_update calibrated
     sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
     aux_hidden: list[int] = field(default_factory=list)  # DGL auxiliary classifier; empty: linear
     micro_batches: int = 4  # gpipe and 1f1b
@@ -71,6 +73,8 @@ class TrainConfig:
         need(self.mode in MODES, f"invalid mode '{self.mode}': choose one of {', '.join(MODES)}")
         need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
         need(self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda")
+        need(self.sg_update in SG_UPDATES, f"invalid sg_update '{self.sg_update}': use {' or '.join(SG_UPDATES)}")
+        need(self.sg_update_lr > 0, f"--sg-update-lr must be positive (got {self.sg_update_lr})")
         need(self.lr_schedule in ("constant", "cosine"), f"invalid lr_schedule '{self.lr_schedule}': use constant or cosine")
         need(self.stages >= 1, f"--stages must be at least 1 (got {self.stages})")
         need(self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")

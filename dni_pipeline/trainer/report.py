@@ -23,6 +23,9 @@ SUMMARY_COLUMNS = [
 ]
 
 
+SG_STEP_KEYS = {"forward": ("sg_scale",), "backward": ("sg_loss", "sg_r2")}
+
+
 @dataclass
 class TrainResult:
     summary: dict
@@ -32,8 +35,9 @@ class TrainResult:
 
 
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
-    """One record per step: the loss and batch accuracy (summed over micro-batches), each earlier
-    stage's SG regression loss, and, on probed steps, each earlier stage's SG cosine similarity."""
+    """One record per step: the loss and batch accuracy (summed over micro-batches); for each earlier
+    stage its SG regression loss, the R^2 of the prediction it used against the target, and the scale
+    its calibration applied; on probed steps each earlier stage's SG cosine similarity."""
     records: dict[int, dict] = {}
     per_stage = lambda: [None] * (cfg.stages - 1)  # noqa: E731
     for event in events:
@@ -42,8 +46,10 @@ def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> 
             record = records.setdefault(step, {})
             record["loss"] = record.get("loss", 0.0) + event["loss"]
             record["correct"] = record.get("correct", 0) + event["correct"]
-        elif kind == "backward" and "sg_loss" in event:
-            records.setdefault(step, {}).setdefault("sg_loss", per_stage())[event["stage"]] = event["sg_loss"]
+        elif kind in ("forward", "backward"):
+            for key in SG_STEP_KEYS[kind]:
+                if key in event:
+                    records.setdefault(step, {}).setdefault(key, per_stage())[event["stage"]] = event[key]
         elif kind == "probe_backward":
             records.setdefault(step, {}).setdefault("sg_cosine", per_stage())[event["stage"]] = event["sg_cosine"]
     out = []

@@ -11,6 +11,9 @@ Modes:
 - synthetic gradients (``dni``, ``cdni``): a stage sends its output on, then at once backpropagates
   its SG model's prediction and steps; the gradient it computes for its input goes upstream as the
   regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
+  How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
+  as Jaderberg et al. do; ``calibrated`` scales it by its measured trust (`Calibration`) and steps with
+  SGD and momentum, which keeps the scale Adam would normalise away (see the README).
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
 """
 
@@ -23,13 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .synthetic_gradients import SyntheticGradient
+from .synthetic_gradients import Calibration, SyntheticGradient
 
-__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "Message", "NonFiniteError", "Stage", "learning_rate"]
+__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
 MODES = LOCKED_MODES + SG_MODES + ("dgl",)
+SG_UPDATES = ("calibrated", "paper")
+SG_MOMENTUM = 0.9
 
 
 class NonFiniteError(RuntimeError):
@@ -77,6 +82,8 @@ class Stage:
         sg_model: SyntheticGradient | None = None,
         sg_lr: float | None = None,
         sg_trainable: bool = True,
+        sg_update: str = "calibrated",
+        sg_update_lr: float = 0.05,
         aux_head: nn.Module | None = None,
     ):
         self.index, self.num_stages, self.mode = index, num_stages, mode
@@ -87,14 +94,19 @@ class Stage:
         self.batch_size = batch_size  # the mini-batch that micro-batches make up (locked modes)
         self.aux = aux_head
         params = list(module.parameters()) + (list(aux_head.parameters()) if aux_head else [])
-        self.optimizer = torch.optim.Adam(params, lr=lr)
+        # An SG-driven stage under `calibrated` steps with SGD: its gradient's size carries the trust.
+        self.calibration = Calibration() if sg_model is not None and sg_update == "calibrated" else None
+        if self.calibration:
+            self.lr, self.optimizer = sg_update_lr, torch.optim.SGD(params, lr=sg_update_lr, momentum=SG_MOMENTUM)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=lr)
         self.sg = sg_model
         self.sg_trainable = sg_trainable
         self.sg_base_lr = sg_lr or lr
         self.sg_optimizer = torch.optim.Adam(sg_model.parameters(), lr=self.sg_base_lr) if sg_model else None
         # (step, micro) -> what a later backward needs: (input, output or loss) with graph in locked
-        # modes, (detached output, labels) for SG regression. Bounded by the steps in flight.
-        self.pending: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # modes, (detached output, labels, raw prediction) for SG regression. Bounded by the steps in flight.
+        self.pending: dict[tuple[int, int], tuple] = {}
         self.backwards_done: dict[int, int] = {}  # step -> micro-batches backpropagated (locked modes)
         self.deferred: deque = deque()  # 1F1B: forwards waiting for a backward to free a slot
         self.probes: dict[int, tuple] = {}
@@ -121,9 +133,11 @@ class Stage:
             metrics["aux_loss"] = aux_loss.item()
         else:
             h = out.detach()
+            predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
             if self.sg_trainable:
-                self.pending[(step, micro)] = (h, labels)
-            out.backward(self._check("synthetic gradient", step, self.sg.predict(h, labels)))
+                self.pending[(step, micro)] = (h, labels, predicted)
+            out.backward(predicted * self.calibration.scale if self.calibration else predicted)
+            metrics["sg_scale"] = self.calibration.scale if self.calibration else 1.0
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         return metrics
@@ -137,13 +151,17 @@ class Stage:
             return {}
         if not self.sg_trainable:
             return {}
-        h, labels = self.pending.pop((step, micro))
+        h, labels, predicted = self.pending.pop((step, micro))
+        if self.calibration:
+            self.calibration.update(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
         loss = self.sg.regression_loss(h, labels, grad)
         loss.backward()
         self.sg_optimizer.step()
         self.sg_optimizer.zero_grad(set_to_none=True)
-        return {"sg_loss": loss.item()}
+        # R^2 of the prediction used at this step against the target that came back for it.
+        r2 = 1.0 - float((predicted - grad).pow(2).sum()) / max(float(grad.pow(2).sum()), 1e-30)
+        return {"sg_loss": loss.item(), "sg_r2": r2}
 
     # -- locked modes ------------------------------------------------------------------------------
     def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -238,7 +256,7 @@ class Stage:
     # -- internals -----------------------------------------------------------------------------
     def _parts(self) -> dict:
         parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
-                 "aux": self.aux}
+                 "calibration": self.calibration, "aux": self.aux}
         return {k: v for k, v in parts.items() if v is not None}
 
     def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SyntheticGradient"]
+__all__ = ["Calibration", "SyntheticGradient"]
 
 
 def _zero_(layer: nn.Module) -> nn.Module:
@@ -62,3 +62,41 @@ class SyntheticGradient(nn.Module):
     def regression_loss(self, h: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE towards a target gradient of the batch-mean loss, compared at per-example scale."""
         return F.mse_loss(self(h, labels), target * h.shape[0])
+
+
+class Calibration:
+    """How far a stage steps along its synthetic gradient: a step as long as the prediction's measured
+    projection on the true gradient, so the part of the prediction that is error adds direction but
+    never length.
+
+    From the targets g that later arrive for the same batches as the predictions g_hat (averaged over
+    the last steps): the least-squares scale alpha = <g_hat, g> / |g_hat|^2 (clipped to [0, 1]) and the
+    cosine rho = <g_hat, g> / (|g_hat| |g|) (clipped at 0). The stage backpropagates
+    alpha * rho * g_hat, whose length is rho^2 |g|: the true gradient times the share of its energy the
+    prediction explains (R^2 of the calibrated prediction). A model that has learned nothing yet drives
+    no update, so the stage stays where the SG-off ablation would leave it instead of wandering.
+    """
+
+    DECAY = 0.9  # about the last ten targets: the SG and the network move on within tens of steps
+
+    def __init__(self):
+        self.cross = self.energy = self.target_energy = 0.0
+
+    @property
+    def scale(self) -> float:
+        if self.cross <= 0 or self.energy <= 0 or self.target_energy <= 0:
+            return 0.0
+        alpha = min(1.0, self.cross / self.energy)
+        return alpha * self.cross / (self.energy * self.target_energy) ** 0.5
+
+    def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
+        averaged = lambda old, new: self.DECAY * old + (1 - self.DECAY) * float(new)  # noqa: E731
+        self.cross = averaged(self.cross, (predicted * target).sum())
+        self.energy = averaged(self.energy, predicted.pow(2).sum())
+        self.target_energy = averaged(self.target_energy, target.pow(2).sum())
+
+    def state_dict(self) -> dict:
+        return {"cross": self.cross, "energy": self.energy, "target_energy": self.target_energy}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cross, self.energy, self.target_energy = state["cross"], state["energy"], state["target_energy"]

@@ -16,9 +16,9 @@ def _randomize_last_layer(sg: SyntheticGradient) -> None:
     torch.nn.init.normal_(sg.net[-1].bias, std=0.3)
 
 
-def _stage(index, num_stages, module, mode, sg=None, sent=None):
+def _stage(index, num_stages, module, mode, sg=None, sent=None, sg_update="paper"):
     return Stage(index, num_stages, module, mode, (sent if sent is not None else []).append,
-                 lr=1e-2, lr_schedule="constant", total_steps=10, sg_model=sg)
+                 lr=1e-2, lr_schedule="constant", total_steps=10, sg_model=sg, sg_update=sg_update)
 
 
 @pytest.mark.parametrize("shape, classes", [((16,), None), ((16,), 5), ((3, 4, 4), None), ((3, 4, 4), 5)])
@@ -29,22 +29,27 @@ def test_sg_final_layer_starts_at_zero(shape, classes):
     assert torch.equal(sg.predict(h, torch.arange(6) % 5), torch.zeros_like(h))
 
 
-@pytest.mark.parametrize("mode", ["dni", "cdni"])
-def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(mode):
+@pytest.mark.parametrize("mode, sg_update", [("dni", "paper"), ("cdni", "paper"), ("dni", "calibrated"),
+                                             ("cdni", "calibrated")])
+def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(mode, sg_update):
     torch.manual_seed(0)
     block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
     sg = SyntheticGradient((16,), [32] if mode == "dni" else [], 5 if mode == "cdni" else None)
     _randomize_last_layer(sg)
     block_before, sg_before = copy.deepcopy(block), copy.deepcopy(sg)
     sent = []
-    stage = _stage(1, 3, block, mode, sg, sent)
+    stage = _stage(1, 3, block, mode, sg, sent, sg_update)
+    scale = 1.0
+    if sg_update == "calibrated":  # alpha = 0.5 / 1 and rho = 0.5 / sqrt(1 * 4): a quarter of alpha
+        stage.calibration.load_state_dict({"cross": 0.5, "energy": 1.0, "target_energy": 4.0})
+        scale = 0.5 * 0.25
     h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
     stage.forward(0, 0, h_in.clone(), labels)
 
-    # What the test computes itself: d/dh_in <block(h_in), M(h)> with M(h) held constant.
+    # What the test computes itself: d/dh_in <block(h_in), scale * M(h)> with M(h) held constant.
     x = h_in.clone().requires_grad_()
     out = block_before(x)
-    prediction = sg_before.predict(out.detach(), labels)
+    prediction = scale * sg_before.predict(out.detach(), labels)
     (expected,) = torch.autograd.grad((out * prediction).sum(), x)
 
     assert [m.kind for m in sent] == ["forward", "backward"]  # activations leave before the update
@@ -84,7 +89,7 @@ def test_sg_regression_learns_its_target():
     losses = []
     for step in range(300):
         h = torch.rand(32, 16)
-        stage.pending[(step, 0)] = (h, torch.zeros(32, dtype=torch.long))
+        stage.pending[(step, 0)] = (h, torch.zeros(32, dtype=torch.long), torch.zeros(32, 16))
         target = (h @ mapping) / 32  # a gradient of the batch-mean loss
         losses.append(stage.backward(step, 0, target)["sg_loss"])
     assert losses[-1] < losses[0] / 20
