@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from . import sweeps
 from .configs import from_dict, with_values
+from .progress import driver_is_interactive, task_progress
 from .ray_session import Resources
 from .run_folder import RunFolder
 
@@ -30,19 +31,19 @@ class Job:
     selection: Callable  # cfg -> (figure a sweep ranks on, whether higher is better)
 
 
-def _attempt(job: Job, config: dict, run_path: str, resume: bool, threads: int) -> dict:
+def _attempt(job: Job, config: dict, run_path: str, resume: bool, threads: int, interactive: bool) -> dict:
     """One attempt of a run, inside its task. An attempt that finds a checkpoint in the folder (an
     earlier attempt died after writing it) resumes from it."""
     import ray
     import torch
-    from ray.experimental.tqdm_ray import tqdm  # progress bars from inside tasks, drawn by the driver
 
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")  # a task's logs reach the driver
     torch.set_num_threads(threads)
     folder = RunFolder.submitted(run_path)
     resume = resume or folder.checkpoint.is_file()
     if resume:
         log.info("resuming %s from its checkpoint", run_path)
-    summary = job.train(from_dict(job.config_class, config), folder, resume, tqdm)
+    summary = job.train(from_dict(job.config_class, config), folder, resume, task_progress(interactive))
     return {**summary, "resources": ray.get_runtime_context().get_assigned_resources()}
 
 
@@ -54,7 +55,8 @@ def submit_job(job: Job, cfg, run_path: str, resources: Resources, *, resume: bo
 
     task = ray.remote(_attempt).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
                                         max_retries=TASK_RETRIES)
-    return task.remote(job, dataclasses.asdict(cfg), str(run_path), resume, max(1, int(resources.num_cpus)))
+    return task.remote(job, dataclasses.asdict(cfg), str(run_path), resume, max(1, int(resources.num_cpus)),
+                       driver_is_interactive())
 
 
 def run_sweep(job: Job, base, grid: dict[str, list], out: RunFolder, resources: Resources, *,

@@ -1,8 +1,11 @@
 """`dni-pipeline bench`: modes and stage counts side by side on the same model, data and resources.
 
-Throughput runs are interleaved (A B C A B C ...) so drift of a shared machine hits every mode alike;
-each is a fixed number of steps with no probes. Time-to-accuracy runs train each mode until the test
-accuracy reaches the target, with SG probes on, and give the accuracy-against-time and SG curves.
+Rows are the project's modes, the peers a user would pick instead (`single`, `torch-gpipe`,
+`torch-1f1b`: peers.py) and, with `sg_off_rows`, an SG-off ablation beside every SG mode. Throughput
+runs are interleaved (A B C A B C ...) so drift of a shared machine hits every row alike; each is a
+fixed number of steps with no probes. Time-to-accuracy runs train each row until the test accuracy
+reaches the target, at every link latency, with SG probes on. Peers run at the first latency only:
+one process cannot span two machines, and gloo's sends cannot be delayed from outside.
 """
 
 import dataclasses
@@ -18,13 +21,17 @@ from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
-from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_timeline
+from .peers import PEER_MODES, check_peer, train_peer
+from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_time_to_accuracy, plot_timeline
 from .report import TrainResult
+from .stage import SG_MODES
 from .training import train_pipeline
 
 __all__ = ["BenchConfig", "bench_table", "run_bench"]
 
 log = logging.getLogger("dni_pipeline.trainer")
+
+SG_OFF = " sg-off"  # the suffix of an ablation row's label
 
 
 @dataclass
@@ -38,17 +45,33 @@ class BenchConfig:
     target_accuracy: float = 0.97
     tta_epochs: int = 3  # time-to-accuracy runs stop here if the target is not reached
     eval_every: int = 25
+    sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
 
     def validate(self) -> "BenchConfig":
-        for mode in self.modes:
-            dataclasses.replace(self.base, mode=mode).validate()
         for k in self.stages:
-            dataclasses.replace(self.base, stages=k).validate()
+            for mode in self.modes:
+                cfg = dataclasses.replace(self.base, stages=k)
+                check_peer(cfg.validate(), mode) if mode in PEER_MODES else dataclasses.replace(cfg, mode=mode).validate()
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs at least 0")
         if not self.latencies or any(x < 0 for x in self.latencies):
             raise UserError("--link-latency-ms needs one or more values of 0 ms or more, e.g. 0,20")
         return self
+
+    def rows(self) -> list[str]:
+        """Row labels in order: each mode, followed by its SG-off ablation where asked for."""
+        return [label for mode in self.modes
+                for label in ([mode, mode + SG_OFF] if self.sg_off_rows and mode in SG_MODES else [mode])]
+
+    def runs_at(self, label: str, latency: float) -> bool:
+        return label not in PEER_MODES or latency == self.latencies[0]
+
+
+def _run(cfg: TrainConfig, label: str, data: Dataset) -> TrainResult:
+    if label in PEER_MODES:
+        return train_peer(cfg, label, data)
+    mode = label.removesuffix(SG_OFF)
+    return train_pipeline(dataclasses.replace(cfg, mode=mode, sg_off=label != mode), data, progress=False)
 
 
 def _spread(values: list[float]) -> dict:
@@ -56,35 +79,38 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
 
 
-def _median_per_stage(rows: list[list[float]]) -> list[float]:
-    return [round(statistics.median(col), 4) for col in zip(*rows)]
+def _median_per_stage(rows: list[list[float] | None]) -> list[float] | None:
+    return None if rows[0] is None else [round(statistics.median(col), 4) for col in zip(*rows)]
 
 
 def _throughput_runs(bench: BenchConfig, data: Dataset, progress: bool):
-    """Every (latency, K, mode) once per repetition, repetitions outermost."""
+    """Every (latency, K, row) once per repetition, repetitions outermost."""
     runs: dict[tuple, list[TrainResult]] = defaultdict(list)
-    grid = [(x, k, m) for x in bench.latencies for k in bench.stages for m in bench.modes]
+    grid = [(x, k, r) for x in bench.latencies for k in bench.stages for r in bench.rows() if bench.runs_at(r, x)]
     with tqdm(total=bench.reps * len(grid), unit="run", desc="throughput", disable=not progress) as bar:
         for _ in range(bench.reps):
-            for latency, k, mode in grid:
-                cfg = dataclasses.replace(bench.base, mode=mode, stages=k, link_latency_ms=latency,
-                                          max_steps=bench.steps, eval_every=bench.steps, sg_probe_every=0)
-                result = train_pipeline(cfg, data, progress=False)
-                runs[(latency, k, mode)].append(result)
-                bar.set_postfix(last=f"{mode} K={k} {latency:g}ms {result.summary['samples_per_sec']:.0f}/s")
+            for latency, k, label in grid:
+                cfg = dataclasses.replace(bench.base, stages=k, link_latency_ms=latency, max_steps=bench.steps,
+                                          eval_every=bench.steps, sg_probe_every=0, target_accuracy=None)
+                result = _run(cfg, label, data)
+                runs[(latency, k, label)].append(result)
+                bar.set_postfix(last=f"{label} K={k} {latency:g}ms {result.summary['samples_per_sec']:.0f}/s")
                 bar.update()
     return runs
 
 
 def _time_to_accuracy_runs(bench: BenchConfig, data: Dataset) -> dict[tuple, TrainResult]:
     results = {}
-    for k in bench.stages:
-        for mode in bench.modes:
-            cfg = dataclasses.replace(bench.base, mode=mode, stages=k, epochs=bench.tta_epochs,
-                                      target_accuracy=bench.target_accuracy, eval_every=bench.eval_every,
-                                      sg_probe_every=bench.eval_every)
-            log.info("time to %.1f%%: %s with %d stages", 100 * bench.target_accuracy, mode, k)
-            results[(k, mode)] = train_pipeline(cfg, data, progress=False)
+    for latency in bench.latencies:
+        for k in bench.stages:
+            for label in filter(lambda r: bench.runs_at(r, latency), bench.rows()):
+                cfg = dataclasses.replace(bench.base, stages=k, epochs=bench.tta_epochs, link_latency_ms=latency,
+                                          target_accuracy=bench.target_accuracy, eval_every=bench.eval_every,
+                                          sg_probe_every=bench.eval_every)
+                log.info("time to %.1f%%: %s with %d stages at %g ms", 100 * bench.target_accuracy, label, k, latency)
+                results[(latency, k, label)] = result = _run(cfg, label, data)
+                log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
+                         else f"not reached ({result.summary['test_accuracy']:.4f})")
     return results
 
 
@@ -95,31 +121,33 @@ def run_bench(bench: BenchConfig, data: Dataset, folder: RunFolder, progress: bo
     base_latency = bench.latencies[0]
     entries = []
     for k in bench.stages:
-        for mode in bench.modes:
-            results = throughput[(base_latency, k, mode)]
-            summaries = [r.summary for r in results]
+        for label in bench.rows():
+            summaries = [r.summary for r in throughput[(base_latency, k, label)]]
             entry = {
-                "mode": mode,
+                "mode": label,
                 "stages": k,
                 "micro_batches": summaries[0]["micro_batches"],
                 "samples_per_sec": _spread([s["samples_per_sec"] for s in summaries]),
                 "stage_utilization": _median_per_stage([s["stage_utilization"] for s in summaries]),
-                "bubble_measured": round(statistics.median(s["bubble_measured"] for s in summaries), 4),
+                "bubble_measured": (None if summaries[0]["bubble_measured"] is None
+                                    else round(statistics.median(s["bubble_measured"] for s in summaries), 4)),
                 "bubble_formula": summaries[0]["bubble_formula"],
                 "transport_fraction": _median_per_stage([s["transport_fraction"] for s in summaries]),
-                "median_transit_ms": statistics.median(s["median_transit_ms"] or 0.0 for s in summaries),
+                "median_transit_ms": (None if summaries[0]["median_transit_ms"] is None
+                                      else statistics.median(s["median_transit_ms"] for s in summaries)),
                 "latency_ms": base_latency,
                 "samples_per_sec_by_latency": {
-                    f"{x:g}": _spread([r.summary["samples_per_sec"] for r in throughput[(x, k, mode)]])
-                    for x in bench.latencies
+                    f"{x:g}": _spread([r.summary["samples_per_sec"] for r in throughput[(x, k, label)]])
+                    for x in bench.latencies if bench.runs_at(label, x)
                 },
             }
-            if (k, mode) in tta:
-                summary = tta[(k, mode)].summary
+            if tta:
+                by_latency = {f"{x:g}": tta[(x, k, label)].summary for x in bench.latencies if bench.runs_at(label, x)}
                 entry.update(target_accuracy=bench.target_accuracy,
-                             time_to_accuracy_seconds=summary["time_to_target_seconds"],
-                             steps_to_accuracy=summary["steps"] if summary["time_to_target_seconds"] else None,
-                             final_test_accuracy=summary["test_accuracy"])
+                             time_to_accuracy_seconds=by_latency[f"{base_latency:g}"]["time_to_target_seconds"],
+                             time_to_accuracy_by_latency={x: s["time_to_target_seconds"] for x, s in by_latency.items()},
+                             final_test_accuracy_by_latency={x: s["test_accuracy"] for x, s in by_latency.items()},
+                             final_test_accuracy=by_latency[f"{base_latency:g}"]["test_accuracy"])
             entries.append(entry)
     _add_ratios(entries)
     folder.write_json("bench.json", entries)
@@ -129,40 +157,50 @@ def run_bench(bench: BenchConfig, data: Dataset, folder: RunFolder, progress: bo
 
 
 def _add_ratios(entries: list[dict]) -> None:
-    """Median throughput of each entry over locked backprop and over GPipe with the same K."""
+    """Median throughput of each entry over locked backprop, GPipe and one process, same K."""
     by_key = {(e["stages"], e["mode"]): e["samples_per_sec"]["median"] for e in entries}
     for e in entries:
-        for ref in ("backprop", "gpipe"):
+        for ref in ("backprop", "gpipe", "single"):
             base = by_key.get((e["stages"], ref))
             e[f"vs_{ref}"] = round(e["samples_per_sec"]["median"] / base, 3) if base else None
 
 
 def bench_table(entries: list[dict], bench: BenchConfig) -> str:
-    """bench.md: one row per mode and stage count, ratios against the locked modes of the same K."""
-    latencies = [f"{x:g}" for x in bench.latencies[1:]]
-    head = ["mode", "K", "samples/s (median [min, max])", "vs backprop", "vs gpipe", "stage utilization",
+    """bench.md: one row per mode and stage count, ratios against the locked modes of the same K, and
+    the seconds to the target accuracy at every latency."""
+    latencies = [f"{x:g}" for x in bench.latencies]
+    head = ["mode", "K", "samples/s (median [min, max])", "vs single", "vs backprop", "vs gpipe", "stage utilization",
             "bubble measured / formula", "transport / compute"]
-    head += [f"kept at {x} ms" for x in latencies]
+    head += [f"kept at {x} ms" for x in latencies[1:]]
     if bench.tta_epochs:
-        head.append(f"time to {100 * bench.target_accuracy:g}% (s)")
+        head += [f"s to {100 * bench.target_accuracy:g}% at {x} ms" for x in latencies]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         rate = e["samples_per_sec"]
+        by_latency = e["samples_per_sec_by_latency"]
         row = [e["mode"], str(e["stages"]), f"{rate['median']:.0f} [{rate['min']:.0f}, {rate['max']:.0f}]",
-               _ratio(e["vs_backprop"]), _ratio(e["vs_gpipe"]),
-               " / ".join(f"{u:.2f}" for u in e["stage_utilization"]),
-               f"{e['bubble_measured']:.2f} / {e['bubble_formula']:.2f}",
-               " / ".join(f"{100 * t:.1f}%" for t in e["transport_fraction"])]
-        row += [f"{e['samples_per_sec_by_latency'][x]['median'] / rate['median']:.0%}" for x in latencies]
+               _ratio(e["vs_single"]), _ratio(e["vs_backprop"]), _ratio(e["vs_gpipe"]),
+               _joined(e["stage_utilization"], "{:.2f}"),
+               "-" if e["bubble_measured"] is None else f"{e['bubble_measured']:.2f} / {e['bubble_formula']:.2f}",
+               _joined(e["transport_fraction"], "{:.1%}")]
+        row += [f"{by_latency[x]['median'] / rate['median']:.0%}" if x in by_latency else "-" for x in latencies[1:]]
         if bench.tta_epochs:
-            seconds = e.get("time_to_accuracy_seconds")
-            row.append(f"{seconds:.0f}" if seconds else f"not reached ({100 * e['final_test_accuracy']:.2f}%)")
+            for x in latencies:
+                seconds = e["time_to_accuracy_by_latency"].get(x, "-")
+                final = e["final_test_accuracy_by_latency"].get(x)
+                row.append("-" if final is None else f"{seconds:.1f}" if seconds else f"not reached ({100 * final:.2f}%)")
         lines.append("| " + " | ".join(row) + " |")
     cfg = bench.base
     lines += ["", f"{cfg.dataset}, arch {cfg.arch}, batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
-              f"(gpipe, 1f1b), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device}, {bench.steps} steps x "
-              f"{bench.reps} interleaved repetitions per cell."]
+              f"(gpipe, 1f1b and torch's), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device} (single: all "
+              f"of them in one process), SG updates {cfg.sg_update}, {bench.steps} steps x {bench.reps} interleaved "
+              f"repetitions per throughput cell; time to accuracy: one run per cell, evaluated every "
+              f"{bench.eval_every} steps, at most {bench.tta_epochs} epochs."]
     return "\n".join(lines) + "\n"
+
+
+def _joined(values: list[float] | None, form: str) -> str:
+    return "-" if values is None else " / ".join(form.format(v) for v in values)
 
 
 def _ratio(value: float | None) -> str:
@@ -173,14 +211,16 @@ def _plots(bench, entries, throughput, tta, folder: RunFolder) -> None:
     plot_throughput(folder.file("throughput.png"), entries)
     first = bench.steps // 2  # a window in the steady state, past the pipeline's fill
     count = min(6, bench.steps - first)
-    for (latency, k, mode), results in throughput.items():
-        if latency == bench.latencies[0]:
-            plot_timeline(folder.file(f"timeline_{mode}_K{k}.png"), results[0].events, k,
-                          f"{mode}, K = {k}: one repetition, steps {first} to {first + count - 1}",
+    for (latency, k, label), results in throughput.items():
+        if latency == bench.latencies[0] and results[0].events:
+            plot_timeline(folder.file(f"timeline_{label.replace(' ', '_')}_K{k}.png"), results[0].events, k,
+                          f"{label}, K = {k}: one repetition, steps {first} to {first + count - 1}",
                           first_step=first, num_steps=count)
     if len(bench.latencies) > 1:
         plot_latency(folder.file("latency.png"), entries, bench.latencies)
     if tta:
-        plot_accuracy_vs_time(folder.file("accuracy_vs_time.png"), tta, bench.target_accuracy)
-        if any(r.summary["mode"] in ("dni", "cdni") for r in tta.values()):
-            plot_sg_cosine(folder.file("sg_cosine.png"), tta)
+        at_base = {(k, label): r for (x, k, label), r in tta.items() if x == bench.latencies[0]}
+        plot_accuracy_vs_time(folder.file("accuracy_vs_time.png"), at_base, bench.target_accuracy)
+        plot_time_to_accuracy(folder.file("time_to_accuracy.png"), entries, bench.latencies, bench.target_accuracy)
+        if any(label in SG_MODES for (_, label) in at_base):
+            plot_sg_cosine(folder.file("sg_cosine.png"), at_base)

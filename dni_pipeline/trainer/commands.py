@@ -16,6 +16,7 @@ from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
 from .driver import check_capacity
 from .network import PRESETS
 from .report import summary_table
+from .stage import SG_UPDATES
 from .training import train_into_folder
 
 __all__ = ["add_commands", "add_common_flags", "add_stages_and_epochs"]
@@ -75,12 +76,17 @@ def _add_train_command(commands) -> None:
                        help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
     train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
     train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
-    train.add_argument("--lr", type=float, help=f"Adam learning rate of the blocks (default {d.lr:g})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate of every block not driven by a synthetic gradient (of every block under --sg-update paper); default {d.lr:g}")
     train.add_argument("--lr-schedule", help=f"constant or cosine (decay to 0 over the run); default {d.lr_schedule}")
     train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
     train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
     train.add_argument("--sg-off", action="store_true", default=None,
                        help="ablation: SG models stay zero, so only the last stage learns")
+    train.add_argument("--sg-update", choices=SG_UPDATES, help=(
+        "how a stage driven by its SG steps: calibrated (the prediction scaled by its measured least-squares "
+        "fit to the targets that come back, SGD with momentum) or paper (the raw prediction into Adam, as "
+        f"Jaderberg et al.); default {d.sg_update}"))
+    train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")
     train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
     train.add_argument("--aux-hidden", type=_int_list,
                        help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
@@ -115,18 +121,27 @@ def _add_bench_command(commands) -> None:
         "Run the chosen modes and stage counts on the same model, data and resources, repetitions "
         "interleaved (A B C A B C ...), and write bench.json, bench.md and PNG plots to --out. The "
         "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
-    bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"],
-                       help="modes to compare, comma separated (default backprop,gpipe,dni)")
+    bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"], help=(
+        "modes to compare, comma separated: the trainer's (backprop, gpipe, 1f1b, dni, cdni, dgl) and the peers "
+        "single (one PyTorch process with every core the stages reserve), torch-gpipe and torch-1f1b "
+        "(torch.distributed.pipelining on gloo, a process per stage); default backprop,gpipe,dni"))
+    bench.add_argument("--sg-off-rows", action="store_true",
+                       help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
     bench.add_argument("--dataset", default="mnist", help="mnist, digits or synthetic (default mnist)")
     bench.add_argument("--arch", default="fc1024*8",
                        help="the network, as for train (default fc1024*8: 4 layers per stage at K = 2)")
     bench.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
     bench.add_argument("--micro-batches", type=int, default=4, help="M for gpipe and 1f1b (default 4)")
-    bench.add_argument("--sg-hidden", type=_int_list, default=[128], help=(
-        "hidden widths of the SG models (default 128: a 1024-128-1024 bottleneck whose cost is a few "
-        "percent of a 4-layer block; the paper's 1024,1024 costs as much as the block)"))
+    bench.add_argument("--sg-hidden", type=_int_list, default=[], help=(
+        "hidden widths of the SG models, '' for linear (default linear, the paper's cDNI choice, used for dni "
+        "too: it fits the gradient faster than a 1024-128-1024 bottleneck and costs a quarter of a 4-layer "
+        "block, where the paper's 1024,1024 costs as much as the block)"))
     bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    bench.add_argument("--sg-update", choices=SG_UPDATES, default="calibrated",
+                       help="how SG-driven stages step: calibrated or paper, as for train (default calibrated)")
+    bench.add_argument("--sg-update-lr", type=float, default=0.05,
+                       help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
     bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
     bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
     bench.add_argument("--link-latency-ms", type=_float_list, default=[0.0, 20.0],
@@ -171,10 +186,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    flags = {**vars(args), "stages": min(args.stages), "mode": args.modes[0], "link_latency_ms": 0.0}
+    flags = {**vars(args), "stages": min(args.stages), "mode": "backprop", "link_latency_ms": 0.0}
     bench = BenchConfig(build_config({}, flags), modes=args.modes, stages=args.stages, reps=args.reps,
                         steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
-                        tta_epochs=args.tta_epochs, eval_every=args.eval_every).validate()
+                        tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows).validate()
     folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     data = load_dataset(bench.base.dataset, bench.base.data_dir, seed=bench.base.seed)
     with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):

@@ -7,7 +7,8 @@ import numpy as np
 
 from dni_pipeline.core.plotting import plt, save_figure
 
-__all__ = ["plot_training_curves", "plot_throughput", "plot_timeline", "plot_latency", "plot_accuracy_vs_time", "plot_sg_cosine"]
+__all__ = ["plot_training_curves", "plot_throughput", "plot_timeline", "plot_latency", "plot_accuracy_vs_time", "plot_sg_cosine",
+           "plot_time_to_accuracy"]
 
 COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "transport": "#C44E52"}
 
@@ -107,8 +108,9 @@ def plot_timeline(path: Path, events: list[dict], num_stages: int, title: str, f
 def plot_latency(path: Path, entries: list[dict], latencies: list[float]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for e in entries:
-        rates = [e["samples_per_sec_by_latency"][f"{x:g}"]["median"] for x in latencies]
-        ax.plot(latencies, rates, marker="o", label=f"{e['mode']} K={e['stages']}")
+        measured = [x for x in latencies if f"{x:g}" in e["samples_per_sec_by_latency"]]
+        rates = [e["samples_per_sec_by_latency"][f"{x:g}"]["median"] for x in measured]
+        ax.plot(measured, rates, marker="o", label=f"{e['mode']} K={e['stages']}")
     ax.set(xlabel="injected link latency (ms per message)", ylabel="samples / s", title="throughput against link latency")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -137,5 +139,21 @@ def plot_sg_cosine(path: Path, runs: dict) -> None:
                     label=f"{mode} K={k} stage {stage}")
     ax.set(xlabel="step", ylabel="cosine(synthetic, true gradient)", ylim=(-0.1, 1.0), title="synthetic-gradient quality")
     ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float], target: float) -> None:
+    """The headline: seconds of training to the target accuracy against link latency, one line per row
+    (a row that never reached the target has no point there)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for e in entries:
+        points = [(x, e["time_to_accuracy_by_latency"].get(f"{x:g}")) for x in latencies]
+        points = [(x, s) for x, s in points if s]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"{e['mode']} K={e['stages']}")
+    ax.set(xlabel="injected link latency (ms per message)", ylabel=f"seconds to {100 * target:g}% test accuracy",
+           title="time to accuracy against link latency")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

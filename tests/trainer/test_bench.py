@@ -29,22 +29,27 @@ def test_ratios_are_against_the_same_stage_count():
 @pytest.mark.slow
 def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "--modes", "backprop,dni", "--stages", "2", "--reps", "2", "--steps", "8",
+    argv = ["bench", "--modes", "backprop,dni,single", "--sg-off-rows", "--stages", "2", "--reps", "2", "--steps", "8",
             "--link-latency-ms", "0,5", "--target-accuracy", "0.3", "--tta-epochs", "1", "--eval-every", "4",
             *TINY, "--out", str(out)]
     assert main(argv) == 0
     entries = json.loads((out / "bench.json").read_text())
-    assert [(e["mode"], e["stages"]) for e in entries] == [("backprop", 2), ("dni", 2)]
+    assert [(e["mode"], e["stages"]) for e in entries] == [("backprop", 2), ("dni", 2), ("dni sg-off", 2), ("single", 2)]
     for e in entries:
         assert len(e["samples_per_sec"]["values"]) == 2 and e["samples_per_sec"]["min"] <= e["samples_per_sec"]["median"]
-        assert len(e["stage_utilization"]) == 2 and len(e["transport_fraction"]) == 2
-        assert set(e["samples_per_sec_by_latency"]) == {"0", "5"}
         assert "bubble_measured" in e and "time_to_accuracy_seconds" in e
+    for e in entries[:3]:
+        assert len(e["stage_utilization"]) == 2 and len(e["transport_fraction"]) == 2
+        assert set(e["samples_per_sec_by_latency"]) == set(e["time_to_accuracy_by_latency"]) == {"0", "5"}
+    single = entries[3]  # one process: no stages to measure, and no link to delay
+    assert single["stage_utilization"] is None and set(single["time_to_accuracy_by_latency"]) == {"0"}
     assert entries[0]["bubble_formula"] == pytest.approx(0.5) and entries[0]["vs_backprop"] == 1.0
+    assert single["vs_single"] == 1.0 and entries[1]["vs_single"] > 0
     table = (out / "bench.md").read_text()
-    assert table.startswith("| mode | K |") and "| dni | 2 |" in table and "kept at 5 ms" in table
-    for name in ("throughput.png", "timeline_backprop_K2.png", "timeline_dni_K2.png", "latency.png",
-                 "accuracy_vs_time.png", "sg_cosine.png"):
+    assert table.startswith("| mode | K |") and "| dni sg-off | 2 |" in table and "kept at 5 ms" in table
+    assert "s to 30% at 5 ms" in table
+    for name in ("throughput.png", "timeline_backprop_K2.png", "timeline_dni_K2.png", "timeline_dni_sg-off_K2.png",
+                 "latency.png", "accuracy_vs_time.png", "time_to_accuracy.png", "sg_cosine.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
 
 
@@ -53,6 +58,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
     (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
+    (["--modes", "torch-gpipe", "--micro-batches", "5"], "is not a multiple of --micro-batches 5"),
 ])
 def test_bench_bad_input(tmp_path, capsys, extra, message):
     assert main(["bench", *TINY, *extra, "--out", str(tmp_path / "b")]) == 2
@@ -62,6 +68,7 @@ def test_bench_bad_input(tmp_path, capsys, extra, message):
 
 def test_bench_config_validates_every_mode_and_stage_count():
     base = TrainConfig(dataset="synthetic", arch="fc16*3", stages=2)
-    BenchConfig(base, modes=["gpipe", "dgl"], stages=[2, 3]).validate()
+    bench = BenchConfig(base, modes=["single", "gpipe", "cdni", "dgl"], stages=[2, 3], sg_off_rows=True).validate()
+    assert bench.rows() == ["single", "gpipe", "cdni", "cdni sg-off", "dgl"]
     with pytest.raises(Exception, match="more than the 3 hidden layers"):
         BenchConfig(base, stages=[4]).validate()
