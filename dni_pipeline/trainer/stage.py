@@ -159,7 +159,7 @@ class Stage:
         loss.backward()
         self.sg_optimizer.step()
         self.sg_optimizer.zero_grad(set_to_none=True)
-        # R^2 of the prediction used at this step against the target that came back for it.
+        # R^2 of the raw prediction (before any calibration) against the target that came back for it.
         r2 = 1.0 - float((predicted - grad).pow(2).sum()) / max(float(grad.pow(2).sum()), 1e-30)
         return {"sg_loss": loss.item(), "sg_r2": r2}
 
