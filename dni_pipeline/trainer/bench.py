@@ -51,7 +51,10 @@ class BenchConfig:
         for k in self.stages:
             for mode in self.modes:
                 cfg = dataclasses.replace(self.base, stages=k)
-                check_peer(cfg.validate(), mode) if mode in PEER_MODES else dataclasses.replace(cfg, mode=mode).validate()
+                if mode in PEER_MODES:
+                    check_peer(cfg.validate(), mode)
+                else:
+                    dataclasses.replace(cfg, mode=mode).validate()
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs at least 0")
         if not self.latencies or any(x < 0 for x in self.latencies):

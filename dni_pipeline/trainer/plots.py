@@ -154,6 +154,7 @@ def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float
             ax.plot(*zip(*points), marker="o", label=f"{e['mode']} K={e['stages']}")
     ax.set(xlabel="injected link latency (ms per message)", ylabel=f"seconds to {100 * target:g}% test accuracy",
            title="time to accuracy against link latency")
-    ax.legend(fontsize=8)
+    if ax.lines:  # no row may have reached the target
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

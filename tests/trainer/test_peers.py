@@ -12,6 +12,7 @@ from dni_pipeline.trainer.peers import check_peer, train_peer
 from dni_pipeline.trainer.training import train_pipeline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peer, mode", [("single", "backprop"), ("torch-gpipe", "gpipe"), ("torch-1f1b", "1f1b")])
 def test_peer_trains_the_same_network_as_the_matching_locked_mode(ray_session, peer, mode):
     """Same seed, data order, Adam and cosine schedule, same micro-batches: after 12 steps the test loss
