@@ -3,12 +3,13 @@ node dies), or a sweep of configurations run as parallel tasks and ranked on one
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import sweeps
 from .configs import from_dict, with_values
-from .progress import driver_is_interactive, task_progress
+from .progress import task_progress
 from .ray_session import Resources
 from .run_folder import RunFolder
 
@@ -56,7 +57,7 @@ def submit_job(job: Job, cfg, run_path: str, resources: Resources, *, resume: bo
     task = ray.remote(_attempt).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
                                         max_retries=TASK_RETRIES)
     return task.remote(job, dataclasses.asdict(cfg), str(run_path), resume, max(1, int(resources.num_cpus)),
-                       driver_is_interactive())
+                       sys.stderr.isatty())  # the driver's terminal decides bar or log lines
 
 
 def run_sweep(job: Job, base, grid: dict[str, list], out: RunFolder, resources: Resources, *,

@@ -2,10 +2,9 @@
 otherwise a log line at most every few seconds (a redrawn bar floods a log file with its frames)."""
 
 import logging
-import sys
 import time
 
-__all__ = ["LineProgress", "driver_is_interactive", "task_progress"]
+__all__ = ["LineProgress", "task_progress"]
 
 log = logging.getLogger("dni_pipeline.core")
 
@@ -43,7 +42,3 @@ def task_progress(interactive: bool):
 
         return tqdm
     return LineProgress
-
-
-def driver_is_interactive() -> bool:
-    return sys.stderr.isatty()

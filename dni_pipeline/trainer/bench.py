@@ -189,7 +189,7 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
         row += [f"{by_latency[x]['median'] / rate['median']:.0%}" if x in by_latency else "-" for x in latencies[1:]]
         if bench.tta_epochs:
             for x in latencies:
-                seconds = e["time_to_accuracy_by_latency"].get(x, "-")
+                seconds = e["time_to_accuracy_by_latency"].get(x)
                 final = e["final_test_accuracy_by_latency"].get(x)
                 row.append("-" if final is None else f"{seconds:.1f}" if seconds else f"not reached ({100 * final:.2f}%)")
         lines.append("| " + " | ".join(row) + " |")

@@ -152,10 +152,11 @@ def train_peer(cfg: TrainConfig, mode: str, data: Dataset) -> TrainResult:
             address, port = ray.get(processes[0].endpoint.remote())
             ray.get([p.join.remote(address, port) for p in processes])
         train_seconds, step, evals, reached = 0.0, 0, [], None
+        epochs = -(-total // steps_per_epoch)  # each epoch's shuffle once, as the driver does
+        orders = [batch_order(len(data.x_train), cfg.batch_size, epoch, cfg.seed) for epoch in range(epochs)]
         while step < total and reached is None:
             end = min(total, step + every)
-            batches = [batch_order(len(data.x_train), cfg.batch_size, s // steps_per_epoch, cfg.seed)[s % steps_per_epoch]
-                       for s in range(step, end)]
+            batches = [orders[s // steps_per_epoch][s % steps_per_epoch] for s in range(step, end)]
             train_seconds += max(ray.get([p.train.remote(step, batches) for p in processes]))
             step = end
             weights = ray.get([p.weights.remote() for p in processes])

@@ -136,8 +136,9 @@ class Stage:
             predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
             if self.sg_trainable:
                 self.pending[(step, micro)] = (h, labels, predicted)
-            out.backward(predicted * self.calibration.scale if self.calibration else predicted)
-            metrics["sg_scale"] = self.calibration.scale if self.calibration else 1.0
+            scale = self.calibration.scale if self.calibration else 1.0
+            out.backward(predicted * scale)
+            metrics["sg_scale"] = scale
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         return metrics
