@@ -6,6 +6,9 @@ Outputs: `summary.json`, `metrics.jsonl` (loss every `log_every` steps), `loss.p
 `checkpoint.pt` (model, EMA, optimizer, step, RNG state). Quality: energy distance and MMD for 2-D
 data; for images the Frechet distance in the features of a cached classifier and the NLL bound in
 bits per dimension; each distance with its floor (held-out real data) and ceiling (noise).
+
+Data-parallel (`--workers N`, on Ray Train), every replica trains its shard of each batch and the
+chief alone writes the folder, samples and evaluates: the folder is the same as one process's.
 """
 
 import dataclasses
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dni_pipeline.core.data_parallel import SINGLE, Replica
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.jobs import Job
 from dni_pipeline.core.run_folder import RunFolder
@@ -101,40 +105,48 @@ def sample(cfg: DiffusionJobConfig, trainer: Trainer, count: int, shape: tuple[i
                        variance=cfg.variance, clip=clip, generator=generator, learned_variance=cfg.train.learn_variance)
 
 
-def train_diffusion(cfg: DiffusionJobConfig, folder: RunFolder, resume: bool = False, progress=None) -> dict:
-    """Train (or continue), evaluate and write the run folder; return the summary. `progress` is a
-    tqdm-like class for a progress bar (inside a Ray task, ray.experimental.tqdm_ray.tqdm), or None."""
+def train_diffusion(cfg: DiffusionJobConfig, folder: RunFolder, resume: bool = False, progress=None,
+                    replica: Replica = SINGLE) -> dict | None:
+    """Train (or continue), evaluate and write the run folder; return the summary (None on replicas
+    other than the chief). `progress` is a tqdm-like class for a progress bar (inside a Ray task,
+    ray.experimental.tqdm_ray.tqdm), or None."""
     cfg.validate()
     data = load_diffusion_data(cfg.dataset, cfg.data_dir, seed=cfg.train.seed, eval_points=cfg.eval_samples)
-    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train, device=cfg.device)
+    trainer = Trainer(cfg.train, build_denoiser(cfg, data), data.train, device=replica.device(cfg.device), replica=replica)
     checkpoint = folder.checkpoint
     if resume:
-        trainer.load(checkpoint)
-        folder.trim_metrics(lambda r: r["step"] <= trainer.step)
-        log.info("resumed %s at step %d", folder.path, trainer.step)
-    else:
+        trainer.load(replica.checkpoint_to_load(folder))
+        if replica.chief:
+            folder.trim_metrics(lambda r: r["step"] <= trainer.step)
+            log.info("resumed %s at step %d", folder.path, trainer.step)
+    elif replica.chief:
         folder.create()
         folder.write_config(cfg)
         folder.trim_metrics(lambda r: r["step"] <= 0)  # an attempt that died before its first checkpoint
-    start, losses = time.time(), []
+    start, losses, steps_before = time.time(), [], trainer.step
     bar = progress(desc=f"ddpm {cfg.dataset}", total=cfg.train.steps, unit="step") if progress else None
     if bar:
         bar.update(trainer.step)
     while trainer.step < cfg.train.steps:
         losses.append(trainer.train_step())
-        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
+        if replica.chief and (trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps):
             folder.append_metrics([{"step": trainer.step, "loss": sum(losses) / len(losses)}])
             if bar:
                 bar.update(trainer.step - bar.n)
                 bar.set_description(f"ddpm {cfg.dataset} loss {sum(losses) / len(losses):.4f}")
             losses = []
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.train.steps:
-            trainer.save(checkpoint)
+            if replica.chief:
+                trainer.save(checkpoint)
+            replica.checkpointed(checkpoint, {"step": trainer.step})
     if bar:
         bar.close()
+    if not replica.chief:
+        return None
     train_seconds = time.time() - start
     summary = {"dataset": cfg.dataset, "steps": trainer.step, "planned_steps": cfg.train.steps,
-               "train_seconds": round(train_seconds, 3),
+               "train_seconds": round(train_seconds, 3), "workers": replica.world,
+               "samples_per_second": round((trainer.step - steps_before) * cfg.train.batch_size / max(train_seconds, 1e-9), 1),
                "resumed": resume, "objective": cfg.train.objective, "schedule": cfg.train.schedule,
                "sampler": cfg.sampler, "sample_steps": cfg.sample_steps if cfg.sampler == "ddim" else cfg.train.timesteps}
     samples = sample(cfg, trainer, cfg.eval_samples, tuple(data.train.shape[1:]), seed=cfg.train.seed + 100).cpu()
@@ -146,7 +158,7 @@ def train_diffusion(cfg: DiffusionJobConfig, folder: RunFolder, resume: bool = F
             n = min(len(samples), len(data.held_out))  # samples and the floor's real images: equal counts
             scores = with_floor_and_ceiling(fd, samples[:n], data.reference, data.held_out[:n], generator=noise)
         summary.update(fd=round(scores["value"], 4), fd_floor=round(scores["floor"], 4), fd_ceiling=round(scores["ceiling"], 4))
-        held_out = data.held_out[: cfg.nll_images].to(cfg.device)
+        held_out = data.held_out[: cfg.nll_images].to(trainer.device)
         summary["bits_per_dim"] = round(bits_per_dim(trainer.ema, trainer.schedule, held_out,
                                                      objective=cfg.train.objective, variance=cfg.variance,
                                                      generator=noise, learned_variance=cfg.train.learn_variance), 4)

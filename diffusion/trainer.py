@@ -2,7 +2,9 @@
 that hold everything a run needs to continue bit-for-bit (model, EMA, optimizer, step, RNG state).
 
 Batches, timesteps and noise all come from one seeded generator whose state is checkpointed, so a
-resumed run draws exactly what the uninterrupted run would have drawn.
+resumed run draws exactly what the uninterrupted run would have drawn. Data-parallel replicas
+(`Replica`) draw the same global batch and each computes its shard of it, DDP averaging the
+gradients: a step equals one process's on the whole batch.
 """
 
 import copy
@@ -12,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dni_pipeline.core.data_parallel import SINGLE, Replica
 from dni_pipeline.core.files import atomic_path
 
 from .likelihood import vlb_term
@@ -43,38 +45,46 @@ class DiffusionTrainConfig:
 class Trainer:
     """Trains `model` to denoise samples of `data` (a tensor of examples, first dimension the batch)."""
 
-    def __init__(self, cfg: DiffusionTrainConfig, model: nn.Module, data: torch.Tensor, device: str = "cpu"):
+    def __init__(self, cfg: DiffusionTrainConfig, model: nn.Module, data: torch.Tensor, device: str = "cpu",
+                 replica: Replica = SINGLE):
         self.device = torch.device(device)
-        self.cfg, self.model, self.data = cfg, model.to(self.device), data
+        self.cfg, self.model, self.data, self.replica = cfg, model.to(self.device), data, replica
+        self.forward = replica.wrap(self.model, device)  # the model, or DDP around it
         self.schedule = NoiseSchedule(cfg.schedule, cfg.timesteps)
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
 
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """E || target - model(x_t, t) ||^2 with t uniform and x_t from the closed-form q(x_t | x_0);
-        with a learned variance, plus lambda L_vlb, which trains the variance only (the mean's
-        gradient is stopped, as in Improved DDPM)."""
+    def loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
+        """`scale` times the sum over the batch of || target - model(x_t, t) ||^2 (averaged over
+        coordinates), x_t from the closed-form q(x_t | x_0); with a learned variance, plus lambda
+        L_vlb, which trains the variance only (the mean's gradient is stopped, as in Improved DDPM).
+        One process uses scale 1 / batch; a replica world / global batch, as DDP averages."""
         s = self.schedule
-        # Drawn on the CPU from the checkpointed generator, whatever the device, so resume is exact.
-        t = torch.randint(0, s.timesteps, (len(x0),), generator=self.generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=self.generator).to(x0.device)
         xt = s.q_sample(x0, t, noise)
-        prediction, log_variance = s.split(self.model(xt, t), t, self.cfg.learn_variance)
-        loss = F.mse_loss(prediction, s.target(self.cfg.objective, x0, noise, t))
-        if log_variance is None:
-            return loss
-        x0_hat = s.predict_x0(self.cfg.objective, xt, t, prediction.detach())
-        mean, _, _ = s.q_posterior(x0_hat.clamp(-1, 1) if x0.dim() == 4 else x0_hat, xt, t)
-        vlb = vlb_term(s, x0, xt, t, mean, log_variance).flatten(1).mean(1) / math.log(2.0)
-        return loss + self.cfg.vlb_weight * vlb.mean()
+        prediction, log_variance = s.split(self.forward(xt, t), t, self.cfg.learn_variance)
+        loss = (prediction - s.target(self.cfg.objective, x0, noise, t)).square().flatten(1).mean(1).sum()
+        if log_variance is not None:
+            x0_hat = s.predict_x0(self.cfg.objective, xt, t, prediction.detach())
+            mean, _, _ = s.q_posterior(x0_hat.clamp(-1, 1) if x0.dim() == 4 else x0_hat, xt, t)
+            vlb = vlb_term(s, x0, xt, t, mean, log_variance).flatten(1).mean(1) / math.log(2.0)
+            loss = loss + self.cfg.vlb_weight * vlb.sum()
+        return loss * scale
 
     def train_step(self) -> float:
-        index = torch.randint(0, len(self.data), (self.cfg.batch_size,), generator=self.generator)
+        """One step on the global batch (this replica's shard of it); returns the batch's mean loss."""
+        size, timesteps = self.cfg.batch_size, self.schedule.timesteps
+        # Drawn on the CPU from the checkpointed generator, whatever the device, so resume is exact;
+        # every replica draws the whole global batch and keeps its rows.
+        index = torch.randint(0, len(self.data), (size,), generator=self.generator)
+        t = torch.randint(0, timesteps, (size,), generator=self.generator)
+        noise = torch.randn((size, *self.data.shape[1:]), generator=self.generator)
+        rows = self.replica.shard(size)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
-        loss = self.loss(self.data[index].to(self.device))
+        scale = self.replica.world / size
+        loss = self.loss(*(x[rows].to(self.device) for x in (self.data[index], t, noise)), scale=scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -86,7 +96,7 @@ class Trainer:
                 else:
                     ema.copy_(live)
         self.step += 1
-        return loss.item()
+        return self.replica.sum(loss.item() / scale) / size
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:

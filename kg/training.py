@@ -8,22 +8,28 @@ Two losses:
   p = softmax(alpha * s_neg), held constant in the gradient.
 
 Batches and negatives come from a generator seeded by (seed, epoch), so a resumed run draws exactly
-what the uninterrupted run would have.
+what the uninterrupted run would have, and data-parallel replicas each take their shard of exactly
+the global batch one process would train on.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from dni_pipeline.core.data_parallel import SINGLE, Replica
 
 from .models import BILINEAR, MODELS, KGModel
 
-__all__ = ["KGTrainConfig", "LOSSES", "OPTIMIZERS", "make_optimizer", "train_epoch"]
+__all__ = ["KGTrainConfig", "LOSSES", "OPTIMIZERS", "PRECISIONS", "TrainingLoss", "epoch_batches", "make_optimizer",
+           "train_epoch", "train_step"]
 
 LOSSES = ("1vsall", "negsamp")
 OPTIMIZERS = ("adagrad", "adam")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -45,6 +51,7 @@ class KGTrainConfig:
     eval_every: int = 5  # epochs between validation MRRs
     patience: int = 5  # validations without improvement before stopping
     time_budget: float = 0.0  # minutes of training after which the run stops at the next validation; 0: none
+    precision: str = "fp32"  # of the 1vsall score matrix in training: fp32 or bf16 (evaluation is always fp32)
     seed: int = 0
 
     @property
@@ -63,6 +70,7 @@ class KGTrainConfig:
             (self.negatives >= 1 and self.p_norm in (1, 2), "--negatives must be at least 1 and --p-norm 1 or 2"),
             (self.eval_every >= 1 and self.patience >= 1, "--eval-every and --patience must be at least 1"),
             (self.time_budget >= 0, "--time-budget must be >= 0 minutes (0: no budget)"),
+            (self.precision in PRECISIONS, f"unknown precision '{self.precision}': use fp32 or bf16"),
         ]
         return [message for ok, message in checks if not ok]
 
@@ -73,41 +81,79 @@ def make_optimizer(cfg: KGTrainConfig, model: KGModel) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
 
-def _one_vs_all(cfg: KGTrainConfig, model: KGModel, batch: torch.Tensor) -> torch.Tensor:
-    h, r, t = batch.T
-    loss = F.cross_entropy(model.score_tails(h, r), t, label_smoothing=cfg.label_smoothing)
-    if cfg.n3:
-        loss = loss + cfg.n3 * sum(f.pow(3).sum() for f in model.factors(h, r, t)) / len(batch)
-    return loss
+def _scores(cfg: KGTrainConfig, model: KGModel, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Every entity's score for each (h, r), in float32; with `precision` bf16 the matrix products (the
+    epoch's cost) run in bfloat16 (about 3x faster on a CPU with bf16 instructions), while the
+    weights, the loss and the optimizer stay float32."""
+    if cfg.precision == "fp32":
+        return model.score_tails(h, r)
+    with torch.autocast(model.entity.weight.device.type, dtype=torch.bfloat16):
+        return model.score_tails(h, r).float()
 
 
-def _negative_sampling(cfg: KGTrainConfig, model: KGModel, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    h, r, t = batch.T
-    negatives = torch.randint(model.entity.num_embeddings, (len(batch), cfg.negatives), generator=generator).to(batch.device)
-    positive = model.score_triples(h, r, t)
-    negative = model.score_candidates(h, r, negatives)
-    weights = torch.softmax(cfg.adversarial_temperature * negative.detach(), dim=1)
-    return (-F.logsigmoid(positive) - (weights * F.logsigmoid(-negative)).sum(1)).mean()
+class TrainingLoss(nn.Module):
+    """The training loss of `model` on a (shard of a) global batch, as a module so that DDP can wrap
+    it: DDP synchronises the gradients of what its forward computed. The loss is summed over the shard
+    and multiplied by `scale` (world / global batch size, as DDP averages the replicas' gradients), so
+    a step equals one process's on the whole batch whatever the shards' sizes."""
+
+    def __init__(self, cfg: KGTrainConfig, model: KGModel):
+        super().__init__()
+        self.cfg, self.model = cfg, model
+
+    def forward(self, batch: torch.Tensor, negatives: torch.Tensor | None, scale: float) -> torch.Tensor:
+        cfg, model = self.cfg, self.model
+        h, r, t = batch.T
+        if cfg.loss_kind == "1vsall":
+            loss = F.cross_entropy(_scores(cfg, model, h, r), t, label_smoothing=cfg.label_smoothing, reduction="sum")
+            if cfg.n3:
+                loss = loss + cfg.n3 * sum(f.pow(3).sum() for f in model.factors(h, r, t))
+            return loss * scale
+        positive = model.score_triples(h, r, t)
+        negative = model.score_candidates(h, r, negatives)
+        weights = torch.softmax(cfg.adversarial_temperature * negative.detach(), dim=1)
+        return (-F.logsigmoid(positive) - (weights * F.logsigmoid(-negative)).sum(1)).sum() * scale
 
 
-def train_epoch(cfg: KGTrainConfig, model: KGModel, optimizer: torch.optim.Optimizer, triples: np.ndarray,
-                epoch: int, device: str = "cpu", on_batch: Callable[[float], None] | None = None) -> float:
-    """One pass over `triples` (with reciprocals) in shuffled batches; returns the mean loss.
-    `on_batch` hears the fraction of the epoch each batch was (for a progress bar)."""
+def epoch_batches(cfg: KGTrainConfig, triples: np.ndarray, epoch: int, num_entities: int,
+                  replica: Replica = SINGLE) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, int]]:
+    """The epoch's global batches in their shuffled order, as (this replica's triples, their negative
+    tails for negsamp or None, the global batch's size). Order and negatives are drawn for the whole
+    global batch before it is cut, so every replica sees its part of exactly the batch one process would."""
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    data = torch.from_numpy(triples)[torch.randperm(len(triples), generator=generator)].to(device)
-    model.train()
-    total = 0.0
+    data = torch.from_numpy(triples)[torch.randperm(len(triples), generator=generator)]
     for start in range(0, len(data), cfg.batch_size):
         batch = data[start:start + cfg.batch_size]
-        if cfg.loss_kind == "1vsall":
-            loss = _one_vs_all(cfg, model, batch)
-        else:
-            loss = _negative_sampling(cfg, model, batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(batch)
+        negatives = None
+        if cfg.loss_kind == "negsamp":
+            negatives = torch.randint(num_entities, (len(batch), cfg.negatives), generator=generator)
+        rows = replica.shard(len(batch))
+        yield batch[rows], None if negatives is None else negatives[rows], len(batch)
+
+
+def train_step(loss: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, negatives: torch.Tensor | None,
+               global_size: int, world: int = 1) -> float:
+    """One optimizer step of `loss` (a TrainingLoss, or DDP wrapping one) on this replica's shard of a
+    global batch; returns the shard's summed loss."""
+    value = loss(batch, negatives, world / global_size)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value.item() * global_size / world
+
+
+def train_epoch(cfg: KGTrainConfig, loss: nn.Module, optimizer: torch.optim.Optimizer, triples: np.ndarray,
+                epoch: int, *, device: str = "cpu", on_batch: Callable[[float], None] | None = None,
+                replica: Replica = SINGLE) -> float:
+    """One pass over `triples` (with reciprocals) in shuffled batches; returns the mean loss over all
+    of them. `loss` is a TrainingLoss, or DDP around one; `on_batch` hears the fraction of the epoch
+    each batch was (for a progress bar)."""
+    model = getattr(loss, "module", loss).model  # DDP keeps what it wraps as .module
+    model.train()
+    total = 0.0
+    for batch, negatives, size in epoch_batches(cfg, triples, epoch, model.entity.num_embeddings, replica):
+        total += train_step(loss, optimizer, batch.to(device), None if negatives is None else negatives.to(device),
+                            size, replica.world)
         if on_batch is not None:
-            on_batch(len(batch) / len(data))
-    return total / len(data)
+            on_batch(size / len(triples))
+    return replica.sum(total) / len(triples)

@@ -1,12 +1,15 @@
 """The command-line skeleton every job shares: the parser whose errors are one line and exit 2, the
-Ray flags, and a job's `train` (new or `--resume`) and `sweep` commands."""
+Ray flags, and a job's `train` (new or `--resume`, one Ray task or `--workers N` on Ray Train) and
+`sweep` commands."""
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .configs import with_values
+from .data_parallel import check_workers, run_data_parallel
 from .jobs import Job, run_sweep, submit_job
 from .ray_session import Resources, check_task_resources, connect_ray
 from .run_folder import RunFolder
@@ -25,6 +28,16 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join the Ray cluster at host:port instead of starting a local Ray")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs each training task reserves (and torch threads) (default 1)")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs each training task reserves (default 0)")
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{workers}: use at least 1 (1 trains in one Ray task, N > 1 on Ray Train)")
+    return workers
 
 
 def resources_from(args: argparse.Namespace) -> Resources:
@@ -62,9 +75,14 @@ def _train(spec: JobCommands, args: argparse.Namespace) -> None:
         folder = RunFolder(args.out or f"runs/{spec.default_out(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}")
         spec.check_data(cfg)
     resources = resources_from(args)
-    with connect_ray(args.address, resources.num_cpus):
-        check_task_resources(cfg.device, resources)
-        summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))
+    with connect_ray(args.address, resources.num_cpus):  # a local Ray the machine's size: workers must fit it
+        if args.workers == 1:
+            check_task_resources(cfg.device, resources)
+            summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))
+        else:
+            check_workers(args.workers, cfg.device, resources)
+            summary = run_data_parallel(spec.job, dataclasses.asdict(cfg), cfg.device, str(folder.path), args.workers,
+                                        resources, resume=resume)
     spec.show_summary(summary)
     print(f"results in {folder.path}/")
 
@@ -94,6 +112,10 @@ def add_job_commands(commands, spec: JobCommands):
         f"continue the run in folder RUN from its last checkpoint, with its own config "
         f"({', '.join('--' + k.replace('_', '-') for k in spec.extendable)} may extend it)"))
     add_ray_flags(train)
+    train.add_argument("--workers", type=_workers, default=1, help=(
+        "data-parallel replicas on Ray Train (TorchTrainer, DDP on gloo or NCCL), each reserving --num-cpus CPUs "
+        "and, with --device cuda, one GPU, and computing its shard of every batch; 1 (the default) trains in one "
+        "Ray task. The cluster must place them all at once"))
     train.set_defaults(func=lambda args: _train(spec, args))
 
     sweep = group.add_parser("sweep", help="a grid or random search of configurations as parallel Ray tasks, ranked")

@@ -89,6 +89,9 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         self.write_json(self.SUMMARY, summary)
 
+    def read_summary(self) -> dict:
+        return json.loads(self.file(self.SUMMARY).read_text())
+
     # -- metrics -----------------------------------------------------------------------------------
     def append_metrics(self, records: list[dict]) -> None:
         """Append records in one write, the file closed after it: a killed run keeps what it logged."""

@@ -96,7 +96,8 @@ def test_hybrid_loss_trains_the_variance_and_leaves_the_mean_to_l_simple():
         torch.manual_seed(0)
         cfg = DiffusionTrainConfig(batch_size=64, learn_variance=True, vlb_weight=weight, seed=0)
         trainer = Trainer(cfg, MLPDenoiser(dim=2, width=32, depth=1, out_dim=4), sample_toy("moons", 256, seed=1))
-        trainer.loss(trainer.data[:64]).backward()
+        t, noise = torch.randint(0, 1000, (64,)), torch.randn(64, 2)
+        trainer.loss(trainer.data[:64], t, noise, scale=1 / 64).backward()
         grads[weight] = trainer.model.out[1].weight.grad.clone()  # rows 0-1: prediction, rows 2-3: variance
     torch.testing.assert_close(grads[0.0][:2], grads[1.0][:2])
     assert not torch.allclose(grads[0.0][2:], grads[1.0][2:])

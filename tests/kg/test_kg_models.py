@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kg.models import MODELS, build_model
-from kg.training import KGTrainConfig, _negative_sampling, make_optimizer, train_epoch
+from kg.training import KGTrainConfig, TrainingLoss, make_optimizer, train_epoch
 
 ENTITIES, RELATIONS, DIM = 9, 3, 4
 
@@ -65,8 +65,8 @@ def test_self_adversarial_loss_matches_its_formula():
     model = _model("rotate")
     cfg = KGTrainConfig(model="rotate", negatives=5, adversarial_temperature=0.5)
     batch = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    loss = _negative_sampling(cfg, model, batch, torch.Generator().manual_seed(3))
     negatives = torch.randint(ENTITIES, (2, 5), generator=torch.Generator().manual_seed(3))
+    loss = TrainingLoss(cfg, model)(batch, negatives, scale=1 / len(batch))
     with torch.no_grad():
         pos = torch.stack([_reference_score("rotate", model, *x) for x in batch])
         neg = torch.stack([torch.stack([_reference_score("rotate", model, b[0], b[1], n) for n in row])
@@ -82,7 +82,8 @@ def test_an_epoch_is_reproducible_from_seed_and_epoch():
     for _ in range(2):
         cfg = KGTrainConfig(model="complex", dim=DIM, batch_size=7, n3=0.01)
         model = _model("complex")
-        losses = [train_epoch(cfg, model, make_optimizer(cfg, model), triples, epoch) for epoch in range(2)]
+        optimizer = make_optimizer(cfg, model)
+        losses = [train_epoch(cfg, TrainingLoss(cfg, model), optimizer, triples, epoch) for epoch in range(2)]
         assert all(math.isfinite(x) for x in losses)
         weights.append(model.entity.weight.detach().clone())
     assert torch.equal(*weights)
