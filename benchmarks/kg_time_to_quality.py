@@ -32,22 +32,25 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, {k: values[0] for k, values in grid.items()}
 
 
-def run(cfg: KGTrainConfig, data, index, minutes: float, max_steps: int, eval_every: int, targets: list[float], log) -> dict:
+def run(cfg: KGTrainConfig, data, index, minutes: float, max_steps: int, eval_every: int, targets: list[float], log,
+        device: str) -> dict:
     model = build_model(cfg.model, data.num_entities, data.num_relations, dim=cfg.dim, init_scale=cfg.init_scale,
-                        gamma=cfg.gamma, p_norm=cfg.p_norm, seed=cfg.seed)
+                        gamma=cfg.gamma, p_norm=cfg.p_norm, seed=cfg.seed).to(device)
     optimizer, loss = make_optimizer(cfg, model), TrainingLoss(cfg, model)
     triples = with_reciprocals(data.splits["train"], data.num_relations)
-    seconds, step, epoch, points = 0.0, 0, 0, []
+    seconds, step, epoch, seen, points = 0.0, 0, 0, 0, []
     done = lambda: seconds >= 60 * minutes or step >= max_steps  # noqa: E731
     while not done() and epoch < cfg.epochs:
         for batch, negatives, size in epoch_batches(cfg, triples, epoch, data.num_entities):
             model.train()
             start = time.perf_counter()
-            train_step(loss, optimizer, batch, negatives, size)
+            train_step(loss, optimizer, batch.to(device), None if negatives is None else negatives.to(device), size)
+            if device == "cuda":
+                torch.cuda.synchronize()
             seconds += time.perf_counter() - start
-            step += 1
+            step, seen = step + 1, seen + size
             if step % eval_every == 0 or done():
-                point = {"step": step, "epoch": round(epoch + step * cfg.batch_size / len(triples) % 1, 3),
+                point = {"step": step, "epoch": round(seen / len(triples), 3),
                          "train_seconds": round(seconds, 2),
                          **{f"{split}_mrr": round(evaluate(model, data, split, index)["mrr"], 4) for split in ("valid", "test")}}
                 points.append(point)
@@ -71,6 +74,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=10**9, help="stop a variant after this many steps too")
     p.add_argument("--eval-every-steps", type=int, default=100, help="steps between evaluations (default 100)")
     p.add_argument("--targets", default="0.366,0.442", help="test MRRs to time (default PyKEEN's after 1 and 3 epochs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--out", type=Path, required=True, help="folder for curves.jsonl and results.md")
     args = p.parse_args()
@@ -91,9 +95,10 @@ def main() -> None:
                 curves.flush()
                 print(f"  {name} {point}", flush=True)
 
-            result = run(cfg, data, index, args.minutes, args.max_steps, args.eval_every_steps, targets, log)
+            result = run(cfg, data, index, args.minutes, args.max_steps, args.eval_every_steps, targets, log, args.device)
             rows.append((name, changes, result))
-    lines = [f"{args.dataset}, {args.minutes:g} min of training per variant, {args.threads} threads; test MRR timed at "
+    where = f"{args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
+    lines = [f"{args.dataset}, {args.minutes:g} min of training per variant, {where}; test MRR timed at "
              f"{', '.join(map(str, targets))}; evaluation every {args.eval_every_steps} steps (clock stopped)\n",
              "| variant | changes | best valid MRR | at s | test MRR there | " + " | ".join(f"s to {t}" for t in targets) + " |",
              "|---|---|---|---|---|" + "---|" * len(targets)]

@@ -37,6 +37,8 @@ TRAIN_FLAGS = {
     "eval_every": (int, "epochs between validation MRRs"),
     "patience": (int, "validations without improvement before early stopping"),
     "time_budget": (float, "minutes of training after which the run stops at its next validation (0: none)"),
+    "precision": (str, "fp32 or bf16: the 1vsall score matrices in training (bf16 runs them about 3x faster on CPUs with "
+                       "bf16 instructions and on GPUs; weights, loss and evaluation stay fp32)"),
     "seed": (int, "seed of the embeddings, batches and negatives"),
 }
 

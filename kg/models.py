@@ -42,6 +42,10 @@ class KGModel(nn.Module):
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         """What the candidate tails are compared with: (batch, width)."""
+        return self.combine(self.entity(heads), self.relation(relations))
+
+    def combine(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """The query from head and relation embeddings already looked up."""
         raise NotImplementedError
 
     def compare(self, queries: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
@@ -50,7 +54,8 @@ class KGModel(nn.Module):
 
     def score_tails(self, heads: torch.Tensor, relations: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Scores of candidate tails start..stop-1 for each (head, relation): (batch, stop - start)."""
-        return self.compare(self.query(heads, relations), self.entity.weight[start:stop])
+        tails = self.entity.weight if start == 0 and stop is None else self.entity.weight[start:stop]
+        return self.compare(self.query(heads, relations), tails)  # (a whole-table slice would cost a full copy in backward)
 
     def score_triples(self, heads: torch.Tensor, relations: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
         """Scores of the given triples: (batch,)."""
@@ -61,13 +66,14 @@ class KGModel(nn.Module):
         raise NotImplementedError
 
     def factors(self, heads, relations, tails) -> list[torch.Tensor]:
-        """Per-coordinate magnitudes the N3 regulariser cubes (bilinear models)."""
+        """Per-coordinate magnitudes the N3 regulariser cubes (bilinear models), from embeddings
+        already looked up."""
         return []
 
 
 class DistMult(KGModel):
-    def query(self, heads, relations):
-        return self.entity(heads) * self.relation(relations)
+    def combine(self, heads, relations):
+        return heads * relations
 
     def compare(self, queries, tails):
         return queries @ tails.T
@@ -79,7 +85,7 @@ class DistMult(KGModel):
         return torch.einsum("bd,bkd->bk", self.query(heads, relations), self.entity(candidates))
 
     def factors(self, heads, relations, tails):
-        return [self.entity(heads).abs(), self.relation(relations).abs(), self.entity(tails).abs()]
+        return [heads.abs(), relations.abs(), tails.abs()]
 
 
 class ComplEx(DistMult):
@@ -92,14 +98,14 @@ class ComplEx(DistMult):
 
     relation_width = entity_width
 
-    def query(self, heads, relations):
-        h_re, h_im = self.entity(heads).chunk(2, -1)
-        r_re, r_im = self.relation(relations).chunk(2, -1)
+    def combine(self, heads, relations):
+        h_re, h_im = heads.chunk(2, -1)
+        r_re, r_im = relations.chunk(2, -1)
         return torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], -1)
 
     def factors(self, heads, relations, tails):
         modulus = lambda x: x.view(*x.shape[:-1], 2, -1).pow(2).sum(-2).sqrt()  # noqa: E731
-        return [modulus(self.entity(heads)), modulus(self.relation(relations)), modulus(self.entity(tails))]
+        return [modulus(heads), modulus(relations), modulus(tails)]
 
 
 class _Distance(KGModel):
@@ -130,8 +136,8 @@ class TransE(_Distance):
         super().__init__(num_entities, num_relations, dim, init_scale, gamma)
         self.p_norm = p_norm
 
-    def query(self, heads, relations):
-        return self.entity(heads) + self.relation(relations)
+    def combine(self, heads, relations):
+        return heads + relations
 
     def distance(self, queries, tails):
         return (queries - tails).norm(p=self.p_norm, dim=-1)
@@ -152,10 +158,9 @@ class RotatE(_Distance):
         super().__init__(num_entities, num_relations, dim, init_scale, gamma)
         nn.init.uniform_(self.relation.weight, -math.pi, math.pi)
 
-    def query(self, heads, relations):
-        h_re, h_im = self.entity(heads).chunk(2, -1)
-        phase = self.relation(relations)
-        r_re, r_im = torch.cos(phase), torch.sin(phase)
+    def combine(self, heads, relations):
+        h_re, h_im = heads.chunk(2, -1)
+        r_re, r_im = torch.cos(relations), torch.sin(relations)
         return torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], -1)
 
     def distance(self, queries, tails):

@@ -75,7 +75,8 @@ def _train(spec: JobCommands, args: argparse.Namespace) -> None:
         folder = RunFolder(args.out or f"runs/{spec.default_out(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}")
         spec.check_data(cfg)
     resources = resources_from(args)
-    with connect_ray(args.address, resources.num_cpus):  # a local Ray the machine's size: workers must fit it
+    # A local Ray the machine's size: the workers must fit it.
+    with connect_ray(args.address, resources.num_cpus, dashboard=args.workers > 1):
         if args.workers == 1:
             check_task_resources(cfg.device, resources)
             summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))

@@ -27,7 +27,9 @@ class Job:
 
     name: str
     config_class: type  # a dataclass with validate(), possibly nesting its training config as `train`
-    train: Callable  # train(cfg, folder, resume, progress) -> summary; `progress` is a tqdm-like class or None
+    # train(cfg, folder, resume, progress, replica=SINGLE) -> summary (None off the chief replica);
+    # `progress` is a tqdm-like class or None, `replica` a data_parallel.Replica
+    train: Callable
     trial_figures: Callable[[dict], dict]  # summary -> the figures a sweep lists for a trial
     selection: Callable  # cfg -> (figure a sweep ranks on, whether higher is better)
 

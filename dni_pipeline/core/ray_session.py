@@ -42,11 +42,12 @@ def _check_reachable(address: str) -> None:
 
 
 @contextlib.contextmanager
-def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
+def connect_ray(address: str | None, cpus_needed: float, dashboard: bool = False) -> Iterator[None]:
     """Join a cluster (`address`) or start a local Ray sized for the job; reuse one already connected.
 
     A local Ray gets at least `cpus_needed` logical CPUs, so K one-CPU stages run on a smaller machine
-    (they then share its cores, which the log says).
+    (they then share its cores, which the log says). `dashboard` starts its dashboard too, whose state
+    API Ray Train's controller polls (without it, it logs a warning every second).
     """
     import ray
 
@@ -69,7 +70,7 @@ def connect_ray(address: str | None, cpus_needed: float) -> Iterator[None]:
         if cpus_needed > cores:
             log.info("%g CPUs requested on a %d-core machine: the stages will share cores", cpus_needed, cores)
         # "local": always a new Ray of our own, even where `ray start` left /tmp/ray/ray_current_cluster behind.
-        ray.init(address="local", num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=False,
+        ray.init(address="local", num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=dashboard,
                  log_to_driver=True)
     try:
         yield
