@@ -39,7 +39,7 @@ from kg.training import KGTrainConfig, TrainingLoss, epoch_batches, make_optimiz
 def run_both(job, cfg, out: Path, cores: int) -> dict:
     """The run as one Ray task with every core, then as 2 Ray Train workers of one core each."""
     one = ray.get(submit_job(job, cfg, str(out / "workers-1"), Resources(num_cpus=cores)))
-    two = run_data_parallel(job, dataclasses.asdict(cfg), "cpu", str(out / "workers-2"), 2, Resources(num_cpus=cores // 2))
+    two = run_data_parallel(job, dataclasses.asdict(cfg), str(out / "workers-2"), 2, Resources(num_cpus=cores // 2))
     return {"workers-1": one, "workers-2": two}
 
 

@@ -129,8 +129,9 @@ def train_diffusion(cfg: DiffusionJobConfig, folder: RunFolder, resume: bool = F
         bar.update(trainer.step)
     while trainer.step < cfg.train.steps:
         losses.append(trainer.train_step())
-        if replica.chief and (trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps):
-            folder.append_metrics([{"step": trainer.step, "loss": sum(losses) / len(losses)}])
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.train.steps:
+            if replica.chief:
+                folder.append_metrics([{"step": trainer.step, "loss": sum(losses) / len(losses)}])
             if bar:
                 bar.update(trainer.step - bar.n)
                 bar.set_description(f"ddpm {cfg.dataset} loss {sum(losses) / len(losses):.4f}")

@@ -10,6 +10,7 @@ one dies (`FailureConfig`), and hands it back to a driver that runs the same fol
 """
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -129,12 +130,15 @@ def _worker(config: dict) -> None:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    os.chdir(config["cwd"])  # Ray Train starts workers elsewhere; relative paths (--data-dir, --out) are the driver's
     torch.set_num_threads(config["threads"])
     context, checkpoint = ray.train.get_context(), ray.train.get_checkpoint()
     job: Job = config["job"]
     folder = RunFolder.submitted(config["run_path"])
     restored = str(Path(checkpoint.path) / folder.checkpoint.name) if checkpoint else None
     replica = Replica(rank=context.get_world_rank(), world=context.get_world_size(), restored=restored)
+    if config["config"]["device"] == "cuda":
+        torch.cuda.set_device(replica.device("cuda"))  # NCCL's collectives run on the current device
     resume = config["resume"] or restored is not None or folder.checkpoint.is_file()
     if resume and replica.chief:
         log.info("replica 0 of %d resuming %s from %s", replica.world, folder.path, replica.checkpoint_to_load(folder))
@@ -142,19 +146,19 @@ def _worker(config: dict) -> None:
     job.train(from_dict(job.config_class, config["config"]), folder, resume, progress, replica)
 
 
-def run_data_parallel(job: Job, config: dict, device: str, run_path: str, workers: int, resources: Resources, *,
+def run_data_parallel(job: Job, config: dict, run_path: str, workers: int, resources: Resources, *,
                       resume: bool = False) -> dict:
-    """Train `config` (a job config as a dict) on `workers` Ray Train workers, each reserving
-    `resources.num_cpus` CPUs (and as many torch threads) and, on cuda, one GPU; returns the summary
-    the chief wrote. Call `check_workers` first."""
+    """Train `config` (a job config as a dict, with its `device`) on `workers` Ray Train workers, each
+    reserving `resources.num_cpus` CPUs (and as many torch threads) and, on cuda, one GPU; returns the
+    summary the chief wrote. Call `check_workers` first."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     folder = RunFolder.submitted(run_path)
-    cuda = device == "cuda"
+    cuda = config["device"] == "cuda"
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"job": job, "config": config, "run_path": str(folder.path), "resume": resume,
+        train_loop_config={"job": job, "config": config, "run_path": str(folder.path), "cwd": os.getcwd(), "resume": resume,
                            "threads": max(1, int(resources.num_cpus)), "interactive": sys.stderr.isatty()},
         torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cuda, resources_per_worker={"CPU": resources.num_cpus}),

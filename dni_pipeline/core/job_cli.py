@@ -82,8 +82,8 @@ def _train(spec: JobCommands, args: argparse.Namespace) -> None:
             summary = ray.get(submit_job(spec.job, cfg, str(folder.path), resources, resume=resume))
         else:
             check_workers(args.workers, cfg.device, resources)
-            summary = run_data_parallel(spec.job, dataclasses.asdict(cfg), cfg.device, str(folder.path), args.workers,
-                                        resources, resume=resume)
+            summary = run_data_parallel(spec.job, dataclasses.asdict(cfg), str(folder.path), args.workers, resources,
+                                        resume=resume)
     spec.show_summary(summary)
     print(f"results in {folder.path}/")
 

@@ -43,7 +43,7 @@ def _metrics(folder):
 def test_two_workers_train_the_weights_of_one_process(ray_session, tmp_path):
     cfg = _config(steps=6)
     one = train_diffusion(cfg, RunFolder(tmp_path / "one"))
-    two = run_data_parallel(DIFFUSION_JOB, dataclasses.asdict(cfg), "cpu", str(tmp_path / "two"), 2, Resources(num_cpus=1))
+    two = run_data_parallel(DIFFUSION_JOB, dataclasses.asdict(cfg), str(tmp_path / "two"), 2, Resources(num_cpus=1))
     _assert_same_weights(tmp_path / "one", tmp_path / "two")
     assert (one["workers"], two["workers"]) == (1, 2) and one.keys() == two.keys()
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
@@ -59,10 +59,10 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_undisturbed_one(ray
     checkpoint, steps 51.. are redone, each logged once, and the weights end exactly as those of the
     same run left alone (batches, noise and optimizer state all come back from the checkpoint)."""
     cfg = dataclasses.asdict(_config(steps=400, batch_size=64, width=256, checkpoint_every=50, log_every=10))
-    run_data_parallel(DIFFUSION_JOB, cfg, "cpu", str(tmp_path / "clean"), 2, Resources(num_cpus=1))
+    run_data_parallel(DIFFUSION_JOB, cfg, str(tmp_path / "clean"), 2, Resources(num_cpus=1))
     result = {}
     thread = threading.Thread(target=lambda: result.update(run_data_parallel(
-        DIFFUSION_JOB, cfg, "cpu", str(tmp_path / "killed"), 2, Resources(num_cpus=1))))
+        DIFFUSION_JOB, cfg, str(tmp_path / "killed"), 2, Resources(num_cpus=1))))
     thread.start()
     metrics = tmp_path / "killed" / "metrics.jsonl"
     while not (metrics.is_file() and any(json.loads(line)["step"] >= 60 for line in metrics.read_text().splitlines())):
@@ -91,3 +91,19 @@ def test_workers_the_cluster_cannot_place_are_refused_in_one_line(ray_session, t
         errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert code == 2 and len(errors) == 1 and message in errors[0], errors
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_resume_on_ray_train_continues_to_the_weights_of_the_whole_run(ray_session, tmp_path, monkeypatch):
+    """`train --resume RUN --workers 2` (a driver that stopped) continues from the run's checkpoint to the
+    weights of one uninterrupted run. The folders are given relative to the driver's directory, which
+    Ray Train's workers do not start in."""
+    monkeypatch.chdir(tmp_path)
+    quick = ["diffusion", "train", "--dataset", "8gaussians", "--batch-size", "63", "--width", "32", "--depth", "2",
+             "--eval-samples", "200", "--sample-steps", "10", "--checkpoint-every", "3"]
+    assert main([*quick, "--steps", "6", "--out", "whole"]) == 0
+    assert main([*quick, "--steps", "3", "--workers", "2", "--out", "stopped"]) == 0
+    assert main(["diffusion", "train", "--resume", "stopped", "--steps", "6", "--workers", "2"]) == 0
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["steps"] == 6 and summary["workers"] == 2
+    _assert_same_weights(tmp_path / "whole", tmp_path / "stopped")

@@ -28,7 +28,7 @@ def test_two_workers_train_the_weights_of_one_process(ray_session, tmp_path, mod
                              "eval_every": 1, "negatives": 8})
     cfg = KGJobConfig(dataset="nations", train=train)
     one = train_kg(cfg, RunFolder(tmp_path / "one"))
-    two = run_data_parallel(KG_JOB, dataclasses.asdict(cfg), "cpu", str(tmp_path / "two"), 2, Resources(num_cpus=1))
+    two = run_data_parallel(KG_JOB, dataclasses.asdict(cfg), str(tmp_path / "two"), 2, Resources(num_cpus=1))
     a, b = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True) for name in ("one", "two"))
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], atol=tolerance, rtol=0, msg=name)
