@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .configs import from_dict
 from .errors import JobFailed, UserError
-from .jobs import Job
+from .jobs import Job, enter_driver_directory
 from .progress import task_progress
 from .ray_session import Resources
 from .run_folder import RunFolder
@@ -111,8 +111,6 @@ def check_workers(workers: int, device: str, resources: Resources) -> None:
     """Refuse, before any work, a worker group the connected cluster cannot place all at once."""
     import ray
 
-    if workers < 1:
-        raise UserError(f"--workers {workers}: use at least 1 (1 trains in one Ray task, N > 1 on Ray Train)")
     have = ray.cluster_resources()
     if device == "cuda" and have.get("GPU", 0) < workers:
         raise UserError(f"--workers {workers} with --device cuda needs {workers} GPUs (one per worker) and the Ray "
@@ -130,7 +128,7 @@ def _worker(config: dict) -> None:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    os.chdir(config["cwd"])  # Ray Train starts workers elsewhere; relative paths (--data-dir, --out) are the driver's
+    enter_driver_directory(config["cwd"])
     torch.set_num_threads(config["threads"])
     context, checkpoint = ray.train.get_context(), ray.train.get_checkpoint()
     job: Job = config["job"]

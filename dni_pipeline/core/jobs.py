@@ -3,6 +3,7 @@ node dies), or a sweep of configurations run as parallel tasks and ranked on one
 
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from .progress import task_progress
 from .ray_session import Resources
 from .run_folder import RunFolder
 
-__all__ = ["TASK_RETRIES", "Job", "run_sweep", "submit_job"]
+__all__ = ["TASK_RETRIES", "Job", "enter_driver_directory", "run_sweep", "submit_job"]
 
 log = logging.getLogger("dni_pipeline.core")
 
@@ -34,13 +35,21 @@ class Job:
     selection: Callable  # cfg -> (figure a sweep ranks on, whether higher is better)
 
 
-def _attempt(job: Job, config: dict, run_path: str, resume: bool, threads: int, interactive: bool) -> dict:
+def enter_driver_directory(cwd: str) -> None:
+    """Work in the driver's directory where this node has it: relative paths in a config (--data-dir,
+    --out) are the driver's, and Ray starts task and Ray Train workers elsewhere."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _attempt(job: Job, config: dict, run_path: str, resume: bool, threads: int, interactive: bool, cwd: str) -> dict:
     """One attempt of a run, inside its task. An attempt that finds a checkpoint in the folder (an
     earlier attempt died after writing it) resumes from it."""
     import ray
     import torch
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")  # a task's logs reach the driver
+    enter_driver_directory(cwd)
     torch.set_num_threads(threads)
     folder = RunFolder.submitted(run_path)
     resume = resume or folder.checkpoint.is_file()
@@ -59,7 +68,7 @@ def submit_job(job: Job, cfg, run_path: str, resources: Resources, *, resume: bo
     task = ray.remote(_attempt).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
                                         max_retries=TASK_RETRIES)
     return task.remote(job, dataclasses.asdict(cfg), str(run_path), resume, max(1, int(resources.num_cpus)),
-                       sys.stderr.isatty())  # the driver's terminal decides bar or log lines
+                       sys.stderr.isatty(), os.getcwd())  # the driver's terminal decides bar or log lines
 
 
 def run_sweep(job: Job, base, grid: dict[str, list], out: RunFolder, resources: Resources, *,
