@@ -48,6 +48,7 @@ def _check_type(key: str, value, annotation) -> None:
         or (isinstance(value, float) and text.startswith("float"))
         or (isinstance(value, str) and text.startswith("str"))
         or (isinstance(value, list) and text.startswith("list") and all(isinstance(v, (int, float)) for v in value))
+        or (isinstance(value, dict) and text.startswith("dict"))
     )
     if not ok:
         raise UserError(f"config key '{key}' has value {value!r}, which is not a {text}: fix it in the config file")

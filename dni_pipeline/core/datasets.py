@@ -1,5 +1,5 @@
-"""Image datasets as arrays in [0, 1], shared by the unlocked trainer and diffusion: MNIST from IDX
-files, scikit-learn's bundled digits, a synthetic task.
+"""Built-in datasets as arrays, shared by the unlocked trainer and diffusion: images in [0, 1] (MNIST
+from IDX files, scikit-learn's bundled digits), a synthetic task, and a character corpus (text.py).
 
 MNIST is looked up in a data directory (``--data-dir`` or ``$DNI_PIPELINE_DATA``), in ``DIR/mnist`` or
 ``DIR`` itself, gzip-compressed or raw. Each file's IDX header and size are checked, and the md5 of
@@ -20,7 +20,7 @@ from .settings import CACHE_DIR, DATA_DIR_ENV, resolve_data_dir
 
 __all__ = ["DATASETS", "MNIST_FILES", "Dataset", "download_mnist", "find_mnist", "load_dataset", "read_idx"]
 
-DATASETS = ("mnist", "digits", "synthetic")
+DATASETS = ("mnist", "digits", "synthetic", "kjv")
 
 # name -> (magic, md5 of the uncompressed file), from the MNIST distribution.
 MNIST_FILES = {
@@ -38,11 +38,11 @@ MNIST_MIRRORS = (
 @dataclass
 class Dataset:
     name: str
-    x_train: np.ndarray  # float32 in [0, 1], (N, *input_shape)
-    y_train: np.ndarray  # int64, (N,)
+    x_train: np.ndarray  # (N, *input_shape): float32 images in [0, 1], int64 tokens
+    y_train: np.ndarray  # int64 class labels (N,), or next tokens (N, T)
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int | None = None  # None: not a classification task, or not stated
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -150,7 +150,18 @@ def make_synthetic(seed: int, num_train: int = 4096, num_test: int = 1024, dim: 
     return Dataset("synthetic", x[:num_train], y[:num_train], x[num_train:], y[num_train:], classes)
 
 
-def load_dataset(name: str, data_dir: str | None, download: bool = False, seed: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir: str | None, download: bool = False, seed: int = 0, **options) -> Dataset:
+    """A built-in dataset; `options` are the dataset's own (kjv: ``context``, the window in characters, and
+    ``test_windows``, how many validation windows to keep)."""
+    if options and name != "kjv":
+        raise UserError(f"dataset '{name}' takes no options (got {', '.join(options)}): drop data_options")
+    if name == "kjv":
+        from .text import load_kjv  # text.py builds on this module's Dataset
+
+        try:
+            return load_kjv(resolve_data_dir(data_dir), **options)
+        except TypeError:
+            raise UserError(f"dataset kjv takes the options context and test_windows (got {', '.join(options)})") from None
     if name == "mnist":
         return load_mnist(resolve_data_dir(data_dir), download)
     if name == "digits":

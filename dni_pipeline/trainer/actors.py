@@ -20,9 +20,8 @@ import torch
 
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
-from .network import build_aux_head, build_stages, parse_arch, stage_output_shapes
+from .model import Network
 from .stage import SG_MODES, Message, NonFiniteError, Stage
-from .synthetic_gradients import SyntheticGradient
 
 __all__ = ["StageActor", "Ledger"]
 
@@ -106,7 +105,7 @@ class DelayedLink:
 class StageActor:
     """Holds stage `index` of the network; stage 0 also holds the data and is the only one the driver feeds."""
 
-    def __init__(self, config: dict, index: int, input_shape: tuple, num_classes: int, total_steps: int):
+    def __init__(self, config: dict, index: int, network: Network, total_steps: int):
         cfg = TrainConfig(**config)
         torch.set_num_threads(max(1, int(cfg.cpus_per_stage)))
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -114,22 +113,20 @@ class StageActor:
         self.device = torch.device(cfg.device)
         self.delay = cfg.stage_delay_ms[index] / 1000.0 if cfg.stage_delay_ms else 0.0
         self.link = DelayedLink(cfg.link_latency_ms / 1000.0) if cfg.link_latency_ms else None
-        layers = parse_arch(cfg.arch)
-        module = build_stages(layers, input_shape, num_classes, cfg.stages, cfg.seed)[index].to(self.device)
+        module = network.build(index).to(self.device)
         sg_model = aux_head = None
         if index < cfg.stages - 1:
-            shape = stage_output_shapes(layers, input_shape, cfg.stages)[index]
             torch.manual_seed(cfg.seed + 1 + index)
             if cfg.mode in SG_MODES:
-                conditioned = num_classes if cfg.mode == "cdni" else None
-                sg_model = SyntheticGradient(shape, cfg.resolved_sg_hidden(), conditioned).to(self.device)
+                sg_model = network.build_synthetic_gradient(index, cfg.resolved_sg_hidden(), cfg.mode == "cdni")
+                sg_model = sg_model.to(self.device)
             elif cfg.mode == "dgl":
-                aux_head = build_aux_head(shape, num_classes, cfg.aux_hidden).to(self.device)
+                aux_head = network.build_aux_head(index, cfg.aux_hidden).to(self.device)
         self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
                           total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
                           batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
                           sg_trainable=not cfg.sg_off, sg_update=cfg.sg_update,
-                          sg_update_lr=cfg.sg_update_lr, aux_head=aux_head)
+                          sg_update_lr=cfg.sg_update_lr, aux_head=aux_head, objective=network.objective)
         self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
@@ -150,6 +147,10 @@ class StageActor:
     def attach_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
         """Stage 0's data, from the driver's object store (again after a restart, like `connect`)."""
         self.data = {"train": (x_train, y_train), "eval": (x_test, y_test)}
+
+    def weights(self) -> dict:
+        """The stage module's state dict, on the CPU: a piece of the trained model's."""
+        return {k: v.detach().cpu().clone() for k, v in self.stage.module.state_dict().items()}
 
     def ping(self) -> dict:
         return {"stage": self.index, "pid": os.getpid(), "generation": self.generation, "updates": self.stage.updates}

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from dni_pipeline.core.datasets import Dataset
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
+from .data import PlacedData, place_data
+from .model import Network
+from .models import network_from_config
 from .peers import PEER_MODES, check_peer, train_peer
 from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_time_to_accuracy, plot_timeline
 from .report import TrainResult
@@ -43,7 +45,9 @@ class BenchConfig:
     steps: int = 60
     latencies: list[float] = field(default_factory=lambda: [0.0, 20.0])
     target_accuracy: float = 0.97
+    target_bits: float | None = None  # a language model's target instead: test bits per token at most this
     tta_epochs: int = 3  # time-to-accuracy runs stop here if the target is not reached
+    tta_steps: int = 0  # ... or after this many steps, if set
     eval_every: int = 25
     sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
 
@@ -55,8 +59,9 @@ class BenchConfig:
                     check_peer(cfg.validate(), mode)
                 else:
                     dataclasses.replace(cfg, mode=mode).validate()
-        if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0:
-            raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs at least 0")
+        if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
+            raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
+        self.target_config().validate()
         if not self.latencies or any(x < 0 for x in self.latencies):
             raise UserError("--link-latency-ms needs one or more values of 0 ms or more, e.g. 0,20")
         return self
@@ -66,15 +71,23 @@ class BenchConfig:
         return [label for mode in self.modes
                 for label in ([mode, mode + SG_OFF] if self.sg_off_rows and mode in SG_MODES else [mode])]
 
+    def target_config(self) -> TrainConfig:
+        """The base config of a time-to-target run: its target, its evaluations and probes, its cap."""
+        return dataclasses.replace(self.base, epochs=max(1, self.tta_epochs), max_steps=self.tta_steps,
+                                   target_accuracy=None if self.target_bits else self.target_accuracy,
+                                   target_bits=self.target_bits, eval_every=self.eval_every,
+                                   sg_probe_every=self.eval_every)
+
     def runs_at(self, label: str, latency: float) -> bool:
         return label not in PEER_MODES or latency == self.latencies[0]
 
 
-def _run(cfg: TrainConfig, label: str, data: Dataset) -> TrainResult:
+def _run(cfg: TrainConfig, label: str, data: PlacedData, network: Network) -> TrainResult:
     if label in PEER_MODES:
-        return train_peer(cfg, label, data)
+        return train_peer(cfg, label, data, network)
     mode = label.removesuffix(SG_OFF)
-    return train_pipeline(dataclasses.replace(cfg, mode=mode, sg_off=label != mode), data, progress=False)
+    return train_pipeline(dataclasses.replace(cfg, mode=mode, sg_off=label != mode), data, progress=False,
+                          network=network)
 
 
 def _spread(values: list[float]) -> dict:
@@ -86,7 +99,7 @@ def _median_per_stage(rows: list[list[float] | None]) -> list[float] | None:
     return None if rows[0] is None else [round(statistics.median(col), 4) for col in zip(*rows)]
 
 
-def _throughput_runs(bench: BenchConfig, data: Dataset, progress: bool):
+def _throughput_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network], progress: bool):
     """Every (latency, K, row) once per repetition, repetitions outermost."""
     runs: dict[tuple, list[TrainResult]] = defaultdict(list)
     grid = [(x, k, r) for x in bench.latencies for k in bench.stages for r in bench.rows() if bench.runs_at(r, x)]
@@ -94,33 +107,36 @@ def _throughput_runs(bench: BenchConfig, data: Dataset, progress: bool):
         for _ in range(bench.reps):
             for latency, k, label in grid:
                 cfg = dataclasses.replace(bench.base, stages=k, link_latency_ms=latency, max_steps=bench.steps,
-                                          eval_every=bench.steps, sg_probe_every=0, target_accuracy=None)
-                result = _run(cfg, label, data)
+                                          eval_every=bench.steps, sg_probe_every=0, target_accuracy=None,
+                                          target_bits=None)
+                result = _run(cfg, label, data, networks[k])
                 runs[(latency, k, label)].append(result)
                 bar.set_postfix(last=f"{label} K={k} {latency:g}ms {result.summary['samples_per_sec']:.0f}/s")
                 bar.update()
     return runs
 
 
-def _time_to_accuracy_runs(bench: BenchConfig, data: Dataset) -> dict[tuple, TrainResult]:
+def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> dict[tuple, TrainResult]:
     results = {}
     for latency in bench.latencies:
         for k in bench.stages:
             for label in filter(lambda r: bench.runs_at(r, latency), bench.rows()):
-                cfg = dataclasses.replace(bench.base, stages=k, epochs=bench.tta_epochs, link_latency_ms=latency,
-                                          target_accuracy=bench.target_accuracy, eval_every=bench.eval_every,
-                                          sg_probe_every=bench.eval_every)
-                log.info("time to %.1f%%: %s with %d stages at %g ms", 100 * bench.target_accuracy, label, k, latency)
-                results[(latency, k, label)] = result = _run(cfg, label, data)
+                cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
+                log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
+                results[(latency, k, label)] = result = _run(cfg, label, data, networks[k])
                 log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
-                         else f"not reached ({result.summary['test_accuracy']:.4f})")
+                         else f"not reached ({_final(result.summary, bench)})")
     return results
 
 
-def run_bench(bench: BenchConfig, data: Dataset, folder: RunFolder, progress: bool = True) -> list[dict]:
-    """Run everything, write bench.json, bench.md and the plots into `folder`; return the entries."""
-    throughput = _throughput_runs(bench, data, progress)
-    tta = _time_to_accuracy_runs(bench, data) if bench.tta_epochs else {}
+def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True, network_for=None) -> list[dict]:
+    """Run everything, write bench.json, bench.md and the plots into `folder`; return the entries.
+    `network_for(K)` gives the model cut into K stages (default: the one the base config names)."""
+    data = place_data(data)
+    network_for = network_for or (lambda k: network_from_config(dataclasses.replace(bench.base, stages=k), data))
+    networks = {k: network_for(k) for k in bench.stages}
+    throughput = _throughput_runs(bench, data, networks, progress)
+    tta = _time_to_accuracy_runs(bench, data, networks) if bench.tta_epochs else {}
     base_latency = bench.latencies[0]
     entries = []
     for k in bench.stages:
@@ -131,6 +147,8 @@ def run_bench(bench: BenchConfig, data: Dataset, folder: RunFolder, progress: bo
                 "stages": k,
                 "micro_batches": summaries[0]["micro_batches"],
                 "samples_per_sec": _spread([s["samples_per_sec"] for s in summaries]),
+                "tokens_per_sec": (None if summaries[0]["tokens_per_sec"] is None
+                                   else round(statistics.median(s["tokens_per_sec"] for s in summaries), 1)),
                 "stage_utilization": _median_per_stage([s["stage_utilization"] for s in summaries]),
                 "bubble_measured": (None if summaries[0]["bubble_measured"] is None
                                     else round(statistics.median(s["bubble_measured"] for s in summaries), 4)),
@@ -146,11 +164,14 @@ def run_bench(bench: BenchConfig, data: Dataset, folder: RunFolder, progress: bo
             }
             if tta:
                 by_latency = {f"{x:g}": tta[(x, k, label)].summary for x in bench.latencies if bench.runs_at(label, x)}
-                entry.update(target_accuracy=bench.target_accuracy,
+                entry.update(target=bench.target_config().target_text(), target_accuracy=bench.target_accuracy,
+                             final_test_bits_by_latency={x: s.get("test_bits") for x, s in by_latency.items()},
                              time_to_accuracy_seconds=by_latency[f"{base_latency:g}"]["time_to_target_seconds"],
                              time_to_accuracy_by_latency={x: s["time_to_target_seconds"] for x, s in by_latency.items()},
                              final_test_accuracy_by_latency={x: s["test_accuracy"] for x, s in by_latency.items()},
-                             final_test_accuracy=by_latency[f"{base_latency:g}"]["test_accuracy"])
+                             final_test_accuracy=by_latency[f"{base_latency:g}"]["test_accuracy"],
+                             curve_by_latency={f"{x:g}": _curve(tta[(x, k, label)]) for x in bench.latencies
+                                               if bench.runs_at(label, x)})
             entries.append(entry)
     _add_ratios(entries)
     folder.write_json("bench.json", entries)
@@ -172,16 +193,18 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
     """bench.md: one row per mode and stage count, ratios against the locked modes of the same K, and
     the seconds to the target accuracy at every latency."""
     latencies = [f"{x:g}" for x in bench.latencies]
-    head = ["mode", "K", "samples/s (median [min, max])", "vs single", "vs backprop", "vs gpipe", "stage utilization",
-            "bubble measured / formula", "transport / compute"]
+    tokens = entries[0]["tokens_per_sec"] is not None
+    head = ["mode", "K", "samples/s (median [min, max])", *(["tokens/s"] if tokens else []), "vs single", "vs backprop",
+            "vs gpipe", "stage utilization", "bubble measured / formula", "transport / compute"]
     head += [f"kept at {x} ms" for x in latencies[1:]]
     if bench.tta_epochs:
-        head += [f"s to {100 * bench.target_accuracy:g}% at {x} ms" for x in latencies]
+        head += [f"s to {bench.target_config().target_text()} at {x} ms" for x in latencies]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         rate = e["samples_per_sec"]
         by_latency = e["samples_per_sec_by_latency"]
         row = [e["mode"], str(e["stages"]), f"{rate['median']:.0f} [{rate['min']:.0f}, {rate['max']:.0f}]",
+               *([f"{e['tokens_per_sec']:.0f}"] if tokens else []),
                _ratio(e["vs_single"]), _ratio(e["vs_backprop"]), _ratio(e["vs_gpipe"]),
                _joined(e["stage_utilization"], "{:.2f}"),
                "-" if e["bubble_measured"] is None else f"{e['bubble_measured']:.2f} / {e['bubble_formula']:.2f}",
@@ -190,16 +213,34 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
         if bench.tta_epochs:
             for x in latencies:
                 seconds = e["time_to_accuracy_by_latency"].get(x)
-                final = e["final_test_accuracy_by_latency"].get(x)
-                row.append("-" if final is None else f"{seconds:.1f}" if seconds else f"not reached ({100 * final:.2f}%)")
+                final = {"test_accuracy": e["final_test_accuracy_by_latency"].get(x),
+                         "test_bits": e["final_test_bits_by_latency"].get(x)}
+                row.append("-" if x not in e["time_to_accuracy_by_latency"] else f"{seconds:.1f}" if seconds
+                           else f"not reached ({_final(final, bench)})")
         lines.append("| " + " | ".join(row) + " |")
     cfg = bench.base
-    lines += ["", f"{cfg.dataset}, arch {cfg.arch}, batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
+    model = f"model {cfg.model} {cfg.model_options or ''}" if cfg.model else f"arch {cfg.arch}"
+    lines += ["", f"{cfg.data or cfg.dataset} {cfg.data_options or ''}, {model}, split {cfg.split or 'default'}, "
+              f"batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
               f"(gpipe, 1f1b and torch's), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device} (single: all "
               f"of them in one process), SG updates {cfg.sg_update}, {bench.steps} steps x {bench.reps} interleaved "
               f"repetitions per throughput cell; time to accuracy: one run per cell, evaluated every "
-              f"{bench.eval_every} steps, at most {bench.tta_epochs} epochs."]
+              f"{bench.eval_every} steps, at most {bench.tta_steps or bench.tta_epochs} "
+              f"{'steps' if bench.tta_steps else 'epochs'}."]
     return "\n".join(lines) + "\n"
+
+
+def _curve(result: TrainResult) -> list[list]:
+    """A time-to-target run's evaluations as [step, training seconds, headline figure] (accuracy or bits)."""
+    key = "test_bits" if result.evals and "test_bits" in result.evals[0] else "test_accuracy"
+    return [[e["step"], e["train_seconds"], e.get(key)] for e in result.evals]
+
+
+def _final(summary: dict, bench: BenchConfig) -> str:
+    """The figure a run ended at, in the target's terms."""
+    if bench.target_bits:
+        return f"{summary['test_bits']:.3f} bits"
+    return f"{100 * summary['test_accuracy']:.2f}%"
 
 
 def _joined(values: list[float] | None, form: str) -> str:
@@ -223,7 +264,8 @@ def _plots(bench, entries, throughput, tta, folder: RunFolder) -> None:
         plot_latency(folder.file("latency.png"), entries, bench.latencies)
     if tta:
         at_base = {(k, label): r for (x, k, label), r in tta.items() if x == bench.latencies[0]}
-        plot_accuracy_vs_time(folder.file("accuracy_vs_time.png"), at_base, bench.target_accuracy)
-        plot_time_to_accuracy(folder.file("time_to_accuracy.png"), entries, bench.latencies, bench.target_accuracy)
+        plot_accuracy_vs_time(folder.file("accuracy_vs_time.png"), at_base, bench.target_bits or bench.target_accuracy)
+        plot_time_to_accuracy(folder.file("time_to_accuracy.png"), entries, bench.latencies,
+                              bench.target_config().target_text())
         if any(label in SG_MODES for (_, label) in at_base):
             plot_sg_cosine(folder.file("sg_cosine.png"), at_base)

@@ -5,7 +5,6 @@ import dataclasses
 import time
 
 from dni_pipeline.core.configs import load_config_file
-from dni_pipeline.core.datasets import load_dataset
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.ray_session import connect_ray
 from dni_pipeline.core.run_folder import RunFolder
@@ -13,7 +12,9 @@ from dni_pipeline.core.settings import DATA_DIR_ENV
 
 from .bench import BenchConfig, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
+from .data import data_from_config, place_data
 from .driver import check_capacity
+from .models import network_from_config
 from .network import PRESETS
 from .report import summary_table
 from .stage import SG_UPDATES
@@ -49,7 +50,7 @@ def add_stages_and_epochs(p: argparse.ArgumentParser) -> None:
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command; every default lives in TrainConfig (flags left unset say None)."""
     d = TrainConfig()
-    p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder); default ${DATA_DIR_ENV}")
+    p.add_argument("--data-dir", help=f"folder holding the MNIST IDX files (or a mnist/ subfolder) and text/kjv.txt.gz; default ${DATA_DIR_ENV}")
     p.add_argument("--address", help="join the Ray cluster at host:port (or 'auto') instead of starting a local Ray")
     p.add_argument("--device", help="cpu (each stage reserves --cpus-per-stage CPUs) or cuda (each stage reserves one GPU)")
     p.add_argument("--cpus-per-stage", type=float,
@@ -58,6 +59,22 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder to create for summary.json, metrics.jsonl and plots (must be new or empty)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more of what the system does")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The user's own model and data (train and bench)."""
+    p.add_argument("--model", help=(
+        "the network: a built-in (gpt: a character GPT; resnet: a pre-activation ResNet) or an import path "
+        "package.module:function returning an nn.Sequential, a list of stage modules or a factory "
+        "build_stage(index, num_stages); its keyword options come from the config file's model_options "
+        "(default: --arch)"))
+    p.add_argument("--split", type=_int_list, help=(
+        "where --model's nn.Sequential is cut: the index of the first child of every stage after the first, "
+        "comma separated (default: balanced by parameter count)"))
+    p.add_argument("--data", help=(
+        "your data: an import path package.module:function, run on the cluster with the config file's "
+        "data_options, returning ((x_train, y_train), (x_test, y_test)), a dict of those arrays or a (train, "
+        "test) pair of torch Datasets (default: --dataset)"))
 
 
 def _add_train_command(commands) -> None:
@@ -70,10 +87,12 @@ def _add_train_command(commands) -> None:
     train.add_argument("--mode", help=(
         "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
         f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
-    train.add_argument("--dataset",
-                       help=f"mnist (needs --data-dir or --download), digits (bundled) or synthetic (default {d.dataset})")
+    train.add_argument("--dataset", help=(
+        "mnist (needs --data-dir or --download), digits (bundled), synthetic, or kjv (the King James Bible as "
+        f"next-character prediction, needs --data-dir; data_options: context) (default {d.dataset})"))
     train.add_argument("--download", action="store_true", default=None,
                        help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
+    add_model_flags(train)
     train.add_argument("--arch", help=f"a preset ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) or layers like 'fc256*3' or 'conv64p*2,fc256' (default {d.arch})")
     train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
     train.add_argument("--lr", type=float, help=f"Adam learning rate of every block not driven by a synthetic gradient (of every block under --sg-update paper); default {d.lr:g}")
@@ -96,6 +115,8 @@ def _add_train_command(commands) -> None:
     train.add_argument("--eval-every", type=int, help="steps between test evaluations (default: once per epoch)")
     train.add_argument("--target-accuracy", type=float,
                        help="stop once the test accuracy reaches this fraction (time to accuracy)")
+    train.add_argument("--target-bits", type=float,
+                       help="stop once the test bits per token fall to this (a language model's time to target)")
     train.add_argument("--link-latency-ms", type=float,
                        help="delay added to every message between stages, emulating links between machines (default 0)")
     train.add_argument("--max-in-flight", type=int,
@@ -128,19 +149,23 @@ def _add_bench_command(commands) -> None:
     bench.add_argument("--sg-off-rows", action="store_true",
                        help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
-    bench.add_argument("--dataset", default="mnist", help="mnist, digits or synthetic (default mnist)")
-    bench.add_argument("--arch", default="fc1024*8",
-                       help="the network, as for train (default fc1024*8: 4 layers per stage at K = 2)")
-    bench.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
-    bench.add_argument("--micro-batches", type=int, default=4, help="M for gpipe and 1f1b (default 4)")
-    bench.add_argument("--sg-hidden", type=_int_list, default=[], help=(
+    bench.add_argument("--config", help=(
+        "YAML or JSON file of train's keys (model, model_options, data, dataset, batch_size, ...) shared by every "
+        "row; flags override it"))
+    add_model_flags(bench)
+    bench.add_argument("--dataset", help="mnist, digits, synthetic or kjv, as for train (default mnist)")
+    bench.add_argument("--arch", help="the network when there is no --model, as for train (default fc1024*8: 4 layers "
+                       "per stage at K = 2)")
+    bench.add_argument("--batch-size", type=int, help="mini-batch size (default 256)")
+    bench.add_argument("--micro-batches", type=int, help="M for gpipe and 1f1b (default 4)")
+    bench.add_argument("--sg-hidden", type=_int_list, help=(
         "hidden widths of the SG models, '' for linear (default linear, the paper's cDNI choice, used for dni "
         "too: it fits the gradient faster than a 1024-128-1024 bottleneck and costs a quarter of a 4-layer "
         "block, where the paper's 1024,1024 costs as much as the block)"))
-    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    bench.add_argument("--sg-update", choices=SG_UPDATES, default="calibrated",
+    bench.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
+    bench.add_argument("--sg-update", choices=SG_UPDATES,
                        help="how SG-driven stages step: calibrated or paper, as for train (default calibrated)")
-    bench.add_argument("--sg-update-lr", type=float, default=0.05,
+    bench.add_argument("--sg-update-lr", type=float,
                        help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
     bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
     bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
@@ -148,8 +173,12 @@ def _add_bench_command(commands) -> None:
                        help="latencies to sweep, ms per message, comma separated; the first is the baseline (default 0,20)")
     bench.add_argument("--target-accuracy", type=float, default=0.97,
                        help="test accuracy for the time-to-accuracy runs (default 0.97)")
+    bench.add_argument("--target-bits", type=float,
+                       help="a language model's target instead of accuracy: test bits per token at most this")
     bench.add_argument("--tta-epochs", type=int, default=3,
                        help="epochs after which a time-to-accuracy run gives up; 0 skips those runs (default 3)")
+    bench.add_argument("--tta-steps", type=int, default=0,
+                       help="steps after which a time-to-accuracy run gives up, if sooner than --tta-epochs (default 0: no cap)")
     bench.add_argument("--eval-every", type=int, default=25,
                        help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
     add_common_flags(bench)
@@ -177,25 +206,38 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, vars(args))
         folder = RunFolder(cfg.out or f"runs/{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.seed)
+    data = data_from_config(cfg)
     with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
         check_capacity(cfg)
-        summary = train_into_folder(cfg, data, folder, not args.no_progress, resume=bool(args.resume))
+        summary = train_into_folder(cfg, data, folder, not args.no_progress, resume=bool(args.resume)).summary
     print(summary_table([summary]))
     print(f"results in {folder.path}/")
 
 
+# The bench's reference configuration, under its config file and flags.
+BENCH_DEFAULTS = {"dataset": "mnist", "arch": "fc1024*8", "batch_size": 256, "micro_batches": 4, "sg_hidden": [],
+                  "lr": 1e-3, "sg_update": "calibrated", "sg_update_lr": 0.05}
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
-    flags = {**vars(args), "stages": min(args.stages), "mode": "backprop", "link_latency_ms": 0.0}
-    bench = BenchConfig(build_config({}, flags), modes=args.modes, stages=args.stages, reps=args.reps,
+    flags = {**vars(args), "stages": min(args.stages), "mode": "backprop", "link_latency_ms": 0.0,
+             "target_accuracy": None, "target_bits": None}  # the targets are the time-to-target runs' (BenchConfig)
+    file_values = load_config_file(args.config) if args.config else {}
+    base = build_config({**BENCH_DEFAULTS, **file_values}, flags)
+    bench = BenchConfig(base, modes=args.modes, stages=args.stages, reps=args.reps,
                         steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
-                        tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows).validate()
+                        tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows,
+                        target_bits=args.target_bits, tta_steps=args.tta_steps).validate()
     folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = load_dataset(bench.base.dataset, bench.base.data_dir, seed=bench.base.seed)
     with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
         for k in bench.stages:
             check_capacity(dataclasses.replace(bench.base, stages=k))
+        data = place_data(data_from_config(bench.base))
+        networks = {}  # built and checked for every K before the folder exists
+        for k in bench.stages:
+            networks[k] = network_from_config(dataclasses.replace(bench.base, stages=k), data)
+            networks[k].prepare(data, "backprop")
         folder.create()
-        run_bench(bench, data, folder, progress=not args.no_progress)
+        run_bench(bench, data, folder, progress=not args.no_progress, network_for=networks.get)
     print(folder.file("bench.md").read_text())
     print(f"results in {folder.path}/")

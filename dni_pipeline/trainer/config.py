@@ -25,6 +25,11 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     arch: str = "fcn3"
+    model: str | None = None  # a built-in model (gpt, resnet) or an import path package.module:function; None: arch
+    model_options: dict = field(default_factory=dict)  # keyword arguments of the model function
+    split: list[int] | None = None  # first child of each stage after the first; None: arch's, or balanced by parameters
+    data: str | None = None  # import path of a data function (run on the cluster); None: dataset
+    data_options: dict = field(default_factory=dict)  # keyword arguments of the data function, or the built-in dataset
     batch_size: int = 256
     lr: float = 1e-3
     lr_schedule: str = "cosine"
@@ -41,6 +46,7 @@ class TrainConfig:
     max_steps: int = 0  # 0: epochs x steps per epoch
     eval_every: int = 0  # steps between test evaluations; 0: once per epoch
     target_accuracy: float | None = None  # stop once the test accuracy reaches it
+    target_bits: float | None = None  # stop once the test bits per token fall to it (language models)
     link_latency_ms: float = 0.0
     cpus_per_stage: float = 1.0
     device: str = "cpu"
@@ -58,6 +64,15 @@ class TrainConfig:
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
+
+    def target_reached(self, record: dict) -> bool:
+        """Whether an evaluation record meets the run's target (accuracy at least, or bits at most)."""
+        if self.target_accuracy is not None and record.get("test_accuracy", 0.0) >= self.target_accuracy:
+            return True
+        return self.target_bits is not None and record.get("test_bits", float("inf")) <= self.target_bits
+
+    def target_text(self) -> str:
+        return f"{self.target_bits:g} bits per token" if self.target_bits else f"{100 * self.target_accuracy:g}% test accuracy"
 
     def window(self) -> int:
         """Steps the driver lets into the pipeline before waiting for one to finish."""
@@ -93,6 +108,8 @@ class TrainConfig:
         need(self.link_latency_ms >= 0, f"--link-latency-ms must be 0 or more (got {self.link_latency_ms})")
         need(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
              f"--target-accuracy is a fraction in (0, 1] (got {self.target_accuracy})")
+        need(self.target_bits is None or self.target_bits > 0, f"--target-bits must be positive (got {self.target_bits})")
+        need(self.target_bits is None or self.target_accuracy is None, "give --target-accuracy or --target-bits, not both")
         need(all(w > 0 for w in self.resolved_sg_hidden() + self.aux_hidden),
              "--sg-hidden and --aux-hidden widths must be positive")
         need(
@@ -107,12 +124,13 @@ class TrainConfig:
                                     and self.inject_nan[1] >= 0),
             f"--inject-nan takes STAGE,STEP with 0 <= STAGE < {self.stages} (got {self.inject_nan})",
         )
-        layers = parse_arch(self.arch)
-        need(
-            self.stages <= len(layers),
-            f"--stages {self.stages} is more than the {len(layers)} hidden layers of --arch '{self.arch}': "
-            f"use at most {len(layers)} stages or a deeper --arch",
-        )
+        if self.model is None:
+            layers = parse_arch(self.arch)
+            need(
+                self.stages <= len(layers),
+                f"--stages {self.stages} is more than the {len(layers)} hidden layers of --arch '{self.arch}': "
+                f"use at most {len(layers)} stages or a deeper --arch",
+            )
         return self
 
 

@@ -13,12 +13,15 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from dni_pipeline.core.datasets import Dataset
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.ray_session import STAGE_SLOT, require_resources
 
 from .actors import Ledger, StageActor
 from .config import TrainConfig
+from .data import PlacedData, place_data
+from .model import Network
+from .models import network_from_config
+from .objective import scores_to_metrics
 from .recovery import PipelineError, StageWatch, get_each
 from .stage import LOCKED_MODES, SG_MODES
 
@@ -57,24 +60,30 @@ def stage_resources(cfg: TrainConfig) -> dict:
 
 
 class Driver:
-    """One run's stage actors and ledger, and the steps, evaluations and checkpoints it sends them."""
+    """One run's stage actors and ledger, and the steps, evaluations and checkpoints it sends them.
+    Without a `network`, the model is the one `cfg` names (--model, or --arch)."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset):
-        self.cfg, self.data = cfg, data
-        self.steps_per_epoch = len(data.x_train) // cfg.batch_size
+    def __init__(self, cfg: TrainConfig, data, network: Network | None = None):
+        self.cfg = cfg
+        self.data: PlacedData = place_data(data)
+        self.network = network or network_from_config(cfg, self.data)
+        self.network.prepare(self.data, cfg.mode)
+        self.steps_per_epoch = self.data.num_train // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise UserError(f"--batch-size {cfg.batch_size} exceeds the {len(data.x_train)} training samples: lower it")
+            raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.data.num_train} training samples: lower it")
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         # The ledger lives on the driver's node: losing another node must not lose the run's bookkeeping.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.ledger = Ledger.options(scheduling_strategy=here).remote(cfg.stages)
-        self.data_refs = [ray.put(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
         actor_class = ray.remote(StageActor)
         run_id = uuid.uuid4().hex[:8]
+        # Each stage's part of the network, put once and held here: a restarted actor's constructor reads it again
+        # (an argument Ray stores for us instead may be gone by then).
+        self.network_refs = [ray.put(self.network.for_stage(i)) for i in range(cfg.stages)]
         self.stages = [  # named, so `ray list actors` (and a test) can find stage i of a run
             actor_class.options(**stage_resources(cfg), name=f"dni-{run_id}-stage{i}", max_restarts=cfg.max_restarts,
                                 max_task_retries=0).remote(
-                dataclasses.asdict(cfg), i, data.input_shape, data.num_classes, self.total_steps)
+                dataclasses.asdict(cfg), i, self.network_refs[i], self.total_steps)
             for i in range(cfg.stages)
         ]
         self.generation = 0
@@ -95,7 +104,7 @@ class Driver:
 
     def connect(self) -> None:
         """Neighbours and data: what a stage actor is given after its constructor, so also after a restart."""
-        ray.get([self.stages[0].attach_data.remote(*self.data_refs)] + [
+        ray.get([self.stages[0].attach_data.remote(*self.data.refs)] + [
             stage.connect.remote(self.stages[i - 1] if i else None, self.stages[i + 1] if i + 1 < self.cfg.stages else None,
                                  self.ledger)
             for i, stage in enumerate(self.stages)
@@ -121,7 +130,7 @@ class Driver:
         """Indices of a global step's mini-batch (each epoch a fresh seeded shuffle)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if self.order_epoch != epoch:
-            self.order = batch_order(len(self.data.x_train), self.cfg.batch_size, epoch, self.cfg.seed)
+            self.order = batch_order(self.data.num_train, self.cfg.batch_size, epoch, self.cfg.seed)
             self.order_epoch = epoch
         return self.order[i]
 
@@ -163,19 +172,21 @@ class Driver:
         return new
 
     def evaluate(self) -> dict:
-        """Test loss and accuracy with the stages' current weights, through the same actors."""
-        count = len(self.data.x_test)
+        """Test metrics (loss; accuracy and, for sequences, bits per token; the user's) with the stages'
+        current weights, through the same actors."""
+        count = self.data.num_test
         batches = np.array_split(np.arange(count), max(1, -(-count // self.cfg.batch_size)))
         first = self.evaluated_batches
         for i, indices in enumerate(batches):
             self.stages[0].feed_eval.remote(first + i, indices, self.generation)
         self.evaluated_batches += len(batches)
         self.wait([("eval", self.cfg.stages - 1, self.evaluated_batches)])
-        scored = [e for e in self.drain_events() if e["kind"] == "eval" and e["step"] >= first and "correct" in e]
-        return {
-            "test_accuracy": sum(e["correct"] for e in scored) / count,
-            "test_loss": sum(e["loss_sum"] for e in scored) / count,
-        }
+        scored = [e for e in self.drain_events() if e["kind"] == "eval" and e["step"] >= first and "count" in e]
+        return scores_to_metrics(scored, "test_")
+
+    def weights(self) -> dict:
+        """The trained model's state dict, gathered from the stages: it loads into the whole model."""
+        return self.network.whole_state_dict(get_each([stage.weights.remote() for stage in self.stages]))
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> dict:

@@ -15,7 +15,7 @@ from torch import nn
 
 from dni_pipeline.core.errors import UserError
 
-__all__ = ["PRESETS", "LayerSpec", "parse_arch", "build_stages", "stage_output_shapes", "build_aux_head"]
+__all__ = ["PRESETS", "LayerSpec", "arch_model", "arch_starts", "build_stages", "parse_arch", "stage_output_shapes"]
 
 PRESETS = {
     "fcn3": "fc256*3",  # the paper's MNIST FCN, 3 hidden layers
@@ -94,6 +94,24 @@ def _split_points(num_layers: int, num_stages: int) -> list[int]:
     return points
 
 
+def arch_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """The built-in model of `--arch`: its blocks and then the linear classifier head, as one Sequential
+    (build it under the seed: every process that builds it gets the same weights)."""
+    return _model(parse_arch(arch), tuple(input_shape), num_classes)
+
+
+def _model(layers: list[LayerSpec], input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    shapes = _shapes(layers, input_shape)
+    blocks = [_block(spec, shape) for spec, shape in zip(layers, shapes)]
+    head = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shapes[-1]), num_classes))
+    return nn.Sequential(*blocks, head)
+
+
+def arch_starts(arch: str, num_stages: int) -> list[int]:
+    """Where `--arch`'s stages begin: balanced by layer count, the head with the last block."""
+    return _split_points(len(parse_arch(arch)), num_stages)[:-1]
+
+
 def build_stages(
     layers: list[LayerSpec], input_shape: tuple[int, ...], num_classes: int, num_stages: int, seed: int
 ) -> list[nn.Sequential]:
@@ -106,35 +124,13 @@ def build_stages(
             f"--stages {num_stages} does not fit {len(layers)} hidden layers: "
             f"use 1..{len(layers)} stages or add layers to --arch"
         )
-    shapes = _shapes(layers, input_shape)
     torch.manual_seed(seed)
-    blocks = [_block(spec, shape) for spec, shape in zip(layers, shapes)]
-    head = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shapes[-1]), num_classes))
-    stages, start = [], 0
-    for stop in _split_points(len(layers), num_stages):
-        stages.append(nn.Sequential(*blocks[start:stop]))
-        start = stop
-    stages[-1].append(head)
-    return stages
+    children = list(_model(layers, tuple(input_shape), num_classes))
+    bounds = [0, *_split_points(len(layers), num_stages)[:-1], len(children)]
+    return [nn.Sequential(*children[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 def stage_output_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...], num_stages: int) -> list[tuple]:
     """Per-sample output shape of every stage but the last (the shapes the synthetic gradients predict)."""
     shapes = _shapes(layers, input_shape)
     return [shapes[stop] for stop in _split_points(len(layers), num_stages)[:-1]]
-
-
-def build_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Sequential:
-    """DGL's auxiliary classifier on a stage output: an MLP (linear without `hidden`); image outputs
-    are first average-pooled to 2x2 so the head stays small next to the block."""
-    modules: list[nn.Module] = []
-    if len(shape) == 3:
-        modules.append(nn.AdaptiveAvgPool2d(2))
-        shape = (shape[0], min(shape[1], 2), min(shape[2], 2))
-    modules.append(nn.Flatten())
-    width = math.prod(shape)
-    for units in hidden:
-        modules += [nn.Linear(width, units), nn.ReLU()]
-        width = units
-    modules.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*modules)

@@ -26,6 +26,17 @@ def _per_stage(steps: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([s["step"] for s in rows]), values
 
 
+def headline(evals: list[dict]) -> tuple[str, str, float]:
+    """The evaluation figure a run is judged by, its axis label and scale: bits per token for a language
+    model, accuracy for a classifier, else the loss."""
+    first = evals[0] if evals else {}
+    if "test_bits" in first:
+        return "test_bits", "test bits per token", 1.0
+    if "test_accuracy" in first:
+        return "test_accuracy", "test accuracy (%)", 100.0
+    return "test_loss", "test loss", 1.0
+
+
 def plot_training_curves(path: Path, steps: list[dict], evals: list[dict], title: str) -> None:
     """Training loss per step and test accuracy per evaluation; in SG modes also each stage's SG
     regression loss and the cosine similarity of its synthetic gradient to the true gradient."""
@@ -35,8 +46,9 @@ def plot_training_curves(path: Path, steps: list[dict], evals: list[dict], title
     loss = np.array([s["loss"] for s in steps])
     axes[0].plot(np.arange(len(_smooth(loss, window))) + window - 1, _smooth(loss, window))
     axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss (moving average)")
-    axes[1].plot([e["epoch"] for e in evals], [100 * e["test_accuracy"] for e in evals], marker="o")
-    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    key, label, scale = headline(evals)
+    axes[1].plot([e["epoch"] for e in evals], [scale * e[key] for e in evals], marker="o")
+    axes[1].set(xlabel="epoch", ylabel=label, title=label.removesuffix(" (%)"))
     for ax, key in zip(axes[2:], panels[2:]):
         x, values = _per_stage(steps, key)
         for stage in range(values.shape[1]):
@@ -118,13 +130,18 @@ def plot_latency(path: Path, entries: list[dict], latencies: list[float]) -> Non
 
 
 def plot_accuracy_vs_time(path: Path, runs: dict, target: float) -> None:
+    """Each run's headline figure (accuracy, or bits per token) against training seconds, and the target."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    key, label, scale = headline(next(iter(runs.values())).evals)
     for (k, mode), result in runs.items():
-        ax.plot([e["train_seconds"] for e in result.evals], [100 * e["test_accuracy"] for e in result.evals],
+        ax.plot([e["train_seconds"] for e in result.evals], [scale * e[key] for e in result.evals],
                 marker=".", label=f"{mode} K={k}")
-    ax.axhline(100 * target, color="gray", linestyle="--", linewidth=1)
-    ax.set(xlabel="training seconds (evaluation excluded)", ylabel="test accuracy (%)", title="accuracy against wall time")
-    ax.set_ylim(bottom=max(0, 100 * target - 15))
+    ax.axhline(scale * target, color="gray", linestyle="--", linewidth=1)
+    ax.set(xlabel="training seconds (evaluation excluded)", ylabel=label, title=f"{label.removesuffix(' (%)')} against wall time")
+    if key == "test_accuracy":
+        ax.set_ylim(bottom=max(0, 100 * target - 15))
+    else:
+        ax.set_ylim(top=scale * target + 1.5)
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -143,7 +160,7 @@ def plot_sg_cosine(path: Path, runs: dict) -> None:
     save_figure(fig, path)
 
 
-def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float], target: float) -> None:
+def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float], target_text: str) -> None:
     """The headline: seconds of training to the target accuracy against link latency, one line per row
     (a row that never reached the target has no point there)."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -152,7 +169,7 @@ def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float
         points = [(x, s) for x, s in points if s]
         if points:
             ax.plot(*zip(*points), marker="o", label=f"{e['mode']} K={e['stages']}")
-    ax.set(xlabel="injected link latency (ms per message)", ylabel=f"seconds to {100 * target:g}% test accuracy",
+    ax.set(xlabel="injected link latency (ms per message)", ylabel=f"seconds to {target_text}",
            title="time to accuracy against link latency")
     if ax.lines:  # no row may have reached the target
         ax.legend(fontsize=8)

@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from dni_pipeline.core.files import atomic_path
 from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
@@ -14,7 +16,7 @@ from .plots import plot_training_curves
 from .stage import LOCKED_MODES
 
 __all__ = ["TrainResult", "bubble_formula", "logged_records", "save_manifest", "step_records", "summarize",
-           "summary_table", "write_report"]
+           "summary_table", "tokens_per_sec", "write_report"]
 
 SUMMARY_COLUMNS = [
     ("mode", "mode"), ("stages", "K"), ("epochs", "epochs"), ("test_accuracy", "test acc"),
@@ -32,6 +34,11 @@ class TrainResult:
     steps: list[dict] = field(default_factory=list)  # one record per training step (metrics.jsonl)
     evals: list[dict] = field(default_factory=list)  # one record per evaluation
     events: list[dict] = field(default_factory=list)  # every timed stage event (the timeline)
+    weights: dict | None = None  # the trained model's state dict (loads into the whole model)
+
+    def state_dict(self) -> dict:
+        """The trained weights, keyed as the whole model's (the cut nn.Sequential, or Sequential(*stages))."""
+        return self.weights
 
 
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
@@ -55,7 +62,8 @@ def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> 
     out = []
     for step in sorted(records):
         record = {"kind": "step", "step": step, "epoch": step // steps_per_epoch + 1, **records[step]}
-        record["train_accuracy"] = record.pop("correct") / cfg.batch_size
+        if "correct" in record:
+            record["train_accuracy"] = record.pop("correct") / cfg.batch_size
         out.append(record)
     return out
 
@@ -76,6 +84,12 @@ def bubble_formula(cfg: TrainConfig) -> float:
     """Idle fraction the schedule implies: locked (K-1)/K, GPipe/1F1B (K-1)/(M+K-1), unlocked 0."""
     k, m = cfg.stages, cfg.resolved_micro_batches()
     return (k - 1) / (m + k - 1) if cfg.mode in LOCKED_MODES else 0.0
+
+
+def tokens_per_sec(data, samples: int, seconds: float) -> float | None:
+    """A sequence model's throughput in tokens (label positions); None for a classifier."""
+    per_sample = data.tokens_per_sample
+    return round(samples * per_sample / max(seconds, 1e-9), 1) if per_sample > 1 else None
 
 
 def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: str | None,
@@ -100,9 +114,11 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "resumed": state["resumes"] > 0,
         "resumes": state["resumes"],
         "recoveries": state["recoveries"],
-        "test_accuracy": last.get("test_accuracy"),
+        "test_accuracy": last.get("test_accuracy"),  # None for a model with its own loss
         "test_loss": last.get("test_loss"),
+        **{k: v for k, v in last.items() if k.startswith("test_")},  # bits per token, the user's metrics
         "samples_per_sec": round(state["trained_steps"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 2),
+        "tokens_per_sec": tokens_per_sec(driver.data, state["trained_steps"] * cfg.batch_size, state["train_seconds"]),
         "stage_utilization": utilization,
         "bubble_measured": round(1 - sum(utilization) / len(utilization), 4),
         "bubble_formula": round(bubble_formula(cfg), 4),
@@ -110,6 +126,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "median_transit_ms": round(1000 * float(np.median(transits)), 3) if transits else None,
         "link_latency_ms": cfg.link_latency_ms,
         "target_accuracy": cfg.target_accuracy,
+        "target_bits": cfg.target_bits,
         "time_to_target_seconds": None if state["time_to_target"] is None else round(state["time_to_target"], 3),
         "train_seconds": round(state["train_seconds"], 3),
         "checkpoint_seconds": round(state["checkpoint_seconds"], 3),
@@ -133,7 +150,10 @@ def save_manifest(folder: RunFolder, saved: dict, planned_steps: int, state: dic
 
 
 def write_report(folder: RunFolder, cfg: TrainConfig, dataset: str, result: TrainResult) -> None:
+    """summary.json, the trained weights as model.pt (a state dict of the whole model) and curves.png."""
     folder.write_summary(result.summary)
+    with atomic_path(folder.file("model.pt")) as path:
+        torch.save(result.weights, path)
     plot_training_curves(folder.file("curves.png"), result.steps, result.evals,
                          f"{cfg.mode}, {cfg.stages} stages, {dataset} ({cfg.arch})")
 

@@ -13,7 +13,7 @@ Modes:
   regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
   How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
   as Jaderberg et al. do; ``calibrated`` scales it by its measured trust (`Calibration`) and steps with
-  SGD and momentum, which keeps the scale Adam would normalise away (see the README).
+  SGD and momentum, which keeps the scale Adam would normalise away (see docs/training.md).
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
 """
 
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .objective import Objective
 from .synthetic_gradients import Calibration, SyntheticGradient
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "learning_rate"]
@@ -85,8 +86,10 @@ class Stage:
         sg_update: str = "calibrated",
         sg_update_lr: float = 0.05,
         aux_head: nn.Module | None = None,
+        objective: Objective | None = None,
     ):
         self.index, self.num_stages, self.mode = index, num_stages, mode
+        self.objective = objective or Objective()
         self.is_last = index == num_stages - 1
         self.module, self.send = module, send
         self.lr, self.lr_schedule, self.total_steps = lr, lr_schedule, total_steps
@@ -120,15 +123,15 @@ class Stage:
         h_in = h_in.requires_grad_(self.index > 0)
         out = self._check("activation", step, self.module(h_in))
         if self.is_last:
-            loss = self._check("loss", step, F.cross_entropy(out, labels))
+            loss = self._check("loss", step, self.objective.loss(out, labels))
             loss.backward()
             self._send_input_grad(step, micro, h_in)
             self._step(step)
-            return _scores(loss, out, labels)
+            return self._scores(loss, out, labels)
         self.send(Message("forward", step, out.detach(), labels, micro))  # the next stage starts now
         metrics = {}
         if self.mode == "dgl":
-            aux_loss = F.cross_entropy(self.aux(out), labels)
+            aux_loss = self.objective.loss(self.aux(out), labels)
             aux_loss.backward()
             metrics["aux_loss"] = aux_loss.item()
         else:
@@ -177,14 +180,15 @@ class Stage:
             self.send(Message("forward", step, out.detach(), labels, micro))
             return {}
         # Weighted so the micro-batch losses sum to the mean loss of the whole mini-batch.
-        loss = self._check("loss", step, F.cross_entropy(out, labels) * (len(labels) / (self.batch_size or len(labels))))
+        weight = len(labels) / (self.batch_size or len(labels))
+        loss = self._check("loss", step, self.objective.loss(out, labels) * weight)
         self.pending[(step, micro)] = (h_in, loss)
         if self.mode != "gpipe":
             self._locked_backward(step, micro, None)
         elif micro == self.micro_batches - 1:  # GPipe: every forward first, then backwards in reverse
             for m in reversed(range(self.micro_batches)):
                 self._locked_backward(step, m, None)
-        return _scores(loss, out, labels)
+        return self._scores(loss, out, labels)
 
     def _locked_backward(self, step: int, micro: int, grad: torch.Tensor | None) -> None:
         h_in, out = self.pending.pop((step, micro))
@@ -209,8 +213,8 @@ class Stage:
         if not self.is_last:
             self.send(Message("eval", batch, out, labels))
             return {}
-        loss = F.cross_entropy(out, labels, reduction="sum").item()
-        return {"loss_sum": loss, "correct": (out.argmax(1) == labels).sum().item(), "count": len(labels)}
+        with torch.no_grad():
+            return self.objective.scores(out, labels)
 
     def probe(self, probe_id: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
         """Forward a probe batch as training would, on a frozen copy of the block, keeping what the
@@ -218,7 +222,7 @@ class Stage:
         h_in = h_in.requires_grad_(self.index > 0)
         out = torch.func.functional_call(self.module, _frozen_copy(self.module), (h_in,))
         if self.is_last:
-            loss = F.cross_entropy(out, labels)
+            loss = self.objective.loss(out, labels)
             if self.index > 0:
                 (grad,) = torch.autograd.grad(loss, h_in)
                 self.send(Message("probe_backward", probe_id, grad))
@@ -281,6 +285,10 @@ class Stage:
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
 
-
-def _scores(loss: torch.Tensor, out: torch.Tensor, labels: torch.Tensor) -> dict:
-    return {"loss": loss.item(), "correct": (out.argmax(1) == labels).sum().item(), "count": len(labels)}
+    def _scores(self, loss: torch.Tensor, out: torch.Tensor, labels: torch.Tensor) -> dict:
+        """A training step's record: its (micro-batch weighted) loss and, for classifiers, correct predictions."""
+        scores = {"loss": loss.item(), "count": len(labels)}
+        if self.objective.classifies:
+            with torch.no_grad():
+                scores["correct"] = float((out.argmax(-1) == labels).float().mean()) * len(labels)
+        return scores

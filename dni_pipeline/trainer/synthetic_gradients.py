@@ -1,15 +1,22 @@
 """Synthetic-gradient models M(h[, y]) that predict dL/dh for a stage's output h (Jaderberg et al. 2016).
 
 Convention: every gradient that travels between stages is the gradient of the *batch-mean* loss, so it
-shrinks like 1/B. The model itself works at per-example scale (B times that gradient), where targets are
-O(1) and regression is well conditioned; `predict` and `fit` convert at the boundary.
+shrinks like 1/B (1/(B T) for a sequence, whose loss is the mean over positions). The model itself works
+at per-term scale (that gradient times the number of loss terms), where targets are O(1) and regression
+is well conditioned; `predict` and `regression_loss` convert at the boundary.
+
+Activations come in three shapes, told by the per-sample shape: flat (D,), images (C, H, W) and
+sequences (T, D). A sequence is served per position: the same MLP over D at every position (as a
+transformer's own MLP is), so the model's size does not grow with the context.
 """
+
+
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Calibration", "SyntheticGradient"]
+__all__ = ["Calibration", "SyntheticGradient", "SyntheticGradientModel", "UserSyntheticGradient", "loss_terms"]
 
 
 def _zero_(layer: nn.Module) -> nn.Module:
@@ -19,24 +26,59 @@ def _zero_(layer: nn.Module) -> nn.Module:
     return layer
 
 
-class SyntheticGradient(nn.Module):
-    """An MLP (flat h) or a 5x5 conv net (image h) with `hidden` widths; no hidden layer means linear.
+def loss_terms(h: torch.Tensor) -> int:
+    """How many loss terms the batch-mean loss averages over: samples, or samples x positions."""
+    return h.shape[0] * h.shape[1] if h.dim() == 3 else h.shape[0]
+
+
+class SyntheticGradientModel(nn.Module):
+    """What a stage asks of its SG model: ``forward(h, labels)`` gives the per-term gradient estimate."""
+
+    def predict(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Estimate of d(mean loss)/dh for the batch, with no graph back into the model."""
+        with torch.no_grad():
+            return self(h, labels) / loss_terms(h)
+
+    def regression_loss(self, h: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE towards a target gradient of the batch-mean loss, compared at per-term scale."""
+        return F.mse_loss(self(h, labels), target * loss_terms(h))
+
+
+class UserSyntheticGradient(SyntheticGradientModel):
+    """A user's own SG module, called as ``module(h, labels)``; it should start at zero output (the paper's
+    initialisation), so an untrained model drives no update."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.module(h, labels)
+
+
+class SyntheticGradient(SyntheticGradientModel):
+    """An MLP (flat h, and each position of a sequence h) or a 5x5 conv net (image h) with `hidden`
+    widths; no hidden layer means linear.
 
     With `num_classes` set the model is conditioned on the label (cDNI): the one-hot label is appended
-    to a flat input or broadcast as extra channels of an image input.
+    to a flat input, broadcast as extra channels of an image input, and for a sequence appended at each
+    position (the target token of that position, for a language model).
     """
 
     def __init__(self, shape: tuple[int, ...], hidden: list[int], num_classes: int | None = None):
         super().__init__()
+        if len(shape) not in (1, 2, 3):
+            raise ValueError(f"no synthetic-gradient model for activations of per-sample shape {shape}: "
+                             "give one of your own (flat (D,), sequences (T, D) and images (C, H, W) have defaults)")
         self.num_classes = num_classes
         extra = num_classes or 0
         layers: list[nn.Module] = []
-        if len(shape) == 1:
-            width = shape[0] + extra
+        if len(shape) in (1, 2):
+            width = shape[-1] + extra
             for units in hidden:
                 layers += [nn.Linear(width, units), nn.BatchNorm1d(units), nn.ReLU()]
                 width = units
-            layers.append(_zero_(nn.Linear(width, shape[0])))
+            layers.append(_zero_(nn.Linear(width, shape[-1])))
         else:
             channels = shape[0] + extra
             for units in hidden:
@@ -46,22 +88,16 @@ class SyntheticGradient(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-example gradient estimate, same shape as h."""
+        """Per-term gradient estimate, same shape as h."""
+        x = h
         if self.num_classes:
-            onehot = F.one_hot(labels, self.num_classes).to(h.dtype)
-            if h.dim() > 2:
+            onehot = F.one_hot(labels, self.num_classes).to(h.dtype)  # (B, C), or (B, T, C) for a sequence
+            if h.dim() == 4:
                 onehot = onehot[:, :, None, None].expand(-1, -1, *h.shape[2:])
-            h = torch.cat([h, onehot], dim=1)
-        return self.net(h)
-
-    def predict(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Estimate of d(mean loss)/dh for the batch, with no graph back into the model."""
-        with torch.no_grad():
-            return self(h, labels) / h.shape[0]
-
-    def regression_loss(self, h: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """MSE towards a target gradient of the batch-mean loss, compared at per-example scale."""
-        return F.mse_loss(self(h, labels), target * h.shape[0])
+            x = torch.cat([h, onehot], dim=1 if h.dim() == 4 else -1)
+        if h.dim() == 3:  # every position of every sequence is one row of the MLP
+            return self.net(x.flatten(0, 1)).view_as(h)
+        return self.net(x)
 
 
 class Calibration:

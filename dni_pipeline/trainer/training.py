@@ -13,13 +13,15 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from dni_pipeline.core.datasets import Dataset
 from dni_pipeline.core.errors import JobInterrupted, UserError
 from dni_pipeline.core.run_folder import RunFolder
 
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
+from .data import place_data
 from .driver import Driver
+from .model import Network
+from .models import network_from_config
 from .recovery import PipelineError, StageLost, recover, restore
 from .report import TrainResult, logged_records, save_manifest, step_records, summarize, write_report
 
@@ -33,16 +35,20 @@ def _evaluation_points(total_steps: int, every: int) -> list[int]:
     return points + [total_steps]
 
 
-def train_pipeline(cfg: TrainConfig, data: Dataset, folder: RunFolder | None = None, resume: bool = False,
-                   progress: bool = True) -> TrainResult:
-    """Train on the connected Ray cluster, evaluating every `eval_every` steps (default: each epoch)
-    and stopping early once `target_accuracy` is reached.
+def train_pipeline(cfg: TrainConfig, data, folder: RunFolder | None = None, resume: bool = False,
+                   progress: bool = True, network: Network | None = None) -> TrainResult:
+    """Train `network` (default: the model `cfg` names) on `data` (a Dataset, arrays, or data already in
+    the object store) on the connected Ray cluster, evaluating every `eval_every` steps (default: each
+    epoch) and stopping early once `target_accuracy` is reached.
 
     With a run `folder` the steps and evaluations go to its metrics.jsonl as they finish, the stages are
     checkpointed (at step 0, each evaluation and every `checkpoint_every` steps), a lost stage costs
     only the steps since the last checkpoint, and `resume` continues from the folder's manifest.
     """
     wall_start = time.time()
+    data = place_data(data)
+    network = network or network_from_config(cfg, data)
+    network.prepare(data, cfg.mode)  # a model or data that cannot run is refused before any folder or actor exists
     previous = folder.read_manifest() if resume else None
     store, stage_cfg = None, cfg
     if folder:
@@ -55,7 +61,7 @@ def train_pipeline(cfg: TrainConfig, data: Dataset, folder: RunFolder | None = N
             raise UserError(f"checkpoint {store.path(missing[0])} named by {folder.file(RunFolder.MANIFEST)} is missing: "
                             "restore it or start a new run")
         folder.create()
-    driver = Driver(stage_cfg, data)
+    driver = Driver(stage_cfg, data, network)
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}
     steps, evals, checkpoint, stopped_by, session_seconds, wall_offset = [], [], None, None, 0.0, 0.0
@@ -116,8 +122,9 @@ def train_pipeline(cfg: TrainConfig, data: Dataset, folder: RunFolder | None = N
                         stopped_by = "interrupt"
                     elif driver.next_step in eval_points:
                         records.append(_evaluation(driver, state["train_seconds"]))
-                        bar.set_postfix(test_acc=f"{records[-1]['test_accuracy']:.4f}")
-                        if cfg.target_accuracy and records[-1]["test_accuracy"] >= cfg.target_accuracy:
+                        bar.set_postfix({k.removeprefix("test_"): f"{v:.4f}" for k, v in records[-1].items()
+                                         if k in ("test_accuracy", "test_bits")})
+                        if cfg.target_reached(records[-1]):
                             state["time_to_target"], stopped_by = state["train_seconds"], "target accuracy"
                     if folder:
                         folder.append_metrics(records)
@@ -132,20 +139,21 @@ def train_pipeline(cfg: TrainConfig, data: Dataset, folder: RunFolder | None = N
                     bar.n = driver.next_step
                     bar.refresh()
         stage_updates = [p["updates"] for p in ray.get([stage.ping.remote() for stage in driver.stages])]
+        weights = driver.weights()
     finally:
         if catch_interrupt:
             signal.signal(signal.SIGINT, interrupt_handler)
         driver.close()
-    summary = summarize(cfg, data.name, driver, state, stopped_by, stage_updates, session_seconds, evals,
+    summary = summarize(cfg, driver.data.name, driver, state, stopped_by, stage_updates, session_seconds, evals,
                        wall_offset + time.time() - wall_start)
-    return TrainResult(summary, steps, evals, driver.events)
+    return TrainResult(summary, steps, evals, driver.events, weights)
 
 
 def _evaluation(driver: Driver, train_seconds: float) -> dict:
     record = {"kind": "eval", "step": driver.next_step, "epoch": round(driver.next_step / driver.steps_per_epoch, 3),
               **driver.evaluate(), "train_seconds": round(train_seconds, 3)}
-    log.info("%s step %d (epoch %g): test accuracy %.4f", driver.cfg.mode, record["step"], record["epoch"],
-             record["test_accuracy"])
+    log.info("%s step %d (epoch %g): %s", driver.cfg.mode, record["step"], record["epoch"], ", ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k.startswith("test_")))
     return record
 
 
@@ -154,11 +162,12 @@ def _absolute(location: str) -> str:
     return location if "://" in location else str(Path(location).resolve())
 
 
-def train_into_folder(cfg: TrainConfig, data: Dataset, folder: RunFolder, progress: bool, resume: bool = False) -> dict:
+def train_into_folder(cfg: TrainConfig, data, folder: RunFolder, progress: bool, resume: bool = False,
+                      network: Network | None = None) -> TrainResult:
     """One run into its folder: metrics and checkpoints while it trains, the report when it ends."""
-    result = train_pipeline(cfg, data, folder, resume=resume, progress=progress)
-    write_report(folder, cfg, data.name, result)
+    result = train_pipeline(cfg, data, folder, resume=resume, progress=progress, network=network)
+    write_report(folder, cfg, result.summary["dataset"], result)
     if result.summary["stopped_by"] == "interrupt":
         raise JobInterrupted(f"stopped at step {result.summary['steps']} of {result.summary['planned_steps']} with a "
                              f"checkpoint: continue with `dni-pipeline train --resume {folder.path}`")
-    return result.summary
+    return result

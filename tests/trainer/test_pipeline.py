@@ -114,18 +114,26 @@ def test_link_latency_delays_every_message_by_the_amount_asked(ray_session):
     assert transit[80.0] - transit[0.0] == pytest.approx(0.080, abs=0.020), transit
 
 
+class _FailsInTraining(torch.nn.Linear):
+    """Runs in the shape probe (eval mode), fails on every training forward."""
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("this layer cannot train")
+        return super().forward(x)
+
+
 def test_a_failing_stage_stops_the_run_naming_the_stage_and_step(ray_session):
-    from dni_pipeline.core.datasets import Dataset
+    from dni_pipeline.trainer.model import as_network
     from dni_pipeline.trainer.recovery import PipelineError
 
-    data = load_dataset("synthetic", None)
-    broken = Dataset("synthetic", data.x_train, np.full_like(data.y_train, 99), data.x_test, data.y_test, 10)
     # Every step in flight fails at stage 1, and the ledger (an async actor) does not order their
     # reports, so the step named is one of those in flight. No SG probes: they would fail too.
-    cfg = TrainConfig(mode="dni", dataset="synthetic", arch="fc16*2", stages=2, epochs=1, sg_hidden=[8],
-                      sg_probe_every=0, max_in_flight=4).validate()
-    with pytest.raises(PipelineError, match="stage 1 failed on forward of step [0-3]:"):
-        train_pipeline(cfg, broken, progress=False)
+    cfg = TrainConfig(mode="dni", dataset="synthetic", stages=2, epochs=1, sg_hidden=[8], sg_probe_every=0,
+                      max_in_flight=4).validate()
+    network = as_network([torch.nn.Linear(32, 16), _FailsInTraining(16, 10)], 2)
+    with pytest.raises(PipelineError, match="(?s)stage 1 failed on forward of step [0-3]:.*this layer cannot train"):
+        train_pipeline(cfg, load_dataset("synthetic", None), progress=False, network=network)
 
 
 def test_batch_order_is_seeded_and_drops_the_partial_batch():

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dni_pipeline.trainer.model import default_aux_head
+from dni_pipeline.trainer.models.gpt import Block, Head
 from dni_pipeline.trainer.network import build_stages, parse_arch
 from dni_pipeline.trainer.stage import Stage, learning_rate
 from dni_pipeline.trainer.synthetic_gradients import SyntheticGradient
@@ -57,6 +59,41 @@ def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(
     torch.testing.assert_close(sent[1].tensor, expected, rtol=1e-6, atol=1e-7)
     assert expected.abs().sum() > 0
     assert stage.updates == 1  # updated at once, without waiting for anything downstream
+
+
+@pytest.mark.parametrize("mode", ["dni", "cdni"])
+def test_sg_target_for_sequences_is_the_gradient_of_the_downstream_loss(mode):
+    """(B, T, D) activations: stage 1 (a transformer block) sends upstream d/dh_in <block(h_in), M(h)>, M
+    predicting per position (cDNI: conditioned on each position's target token); the last stage (a block
+    and the head) sends the true gradient of the mean cross-entropy over every position."""
+    torch.manual_seed(0)
+    batch, context, width, vocab = 4, 6, 8, 5
+    block, last = Block(width, 2, 0.0), torch.nn.Sequential(Block(width, 2, 0.0), Head(width, vocab))
+    sg = SyntheticGradient((context, width), [16] if mode == "dni" else [], vocab if mode == "cdni" else None)
+    _randomize_last_layer(sg)
+    block_before, last_before, sg_before = copy.deepcopy(block), copy.deepcopy(last), copy.deepcopy(sg)
+    sent, sent_last = [], []
+    middle = _stage(1, 3, block, mode, sg, sent)
+    final = _stage(2, 3, last, mode, sent=sent_last)
+    h_in, labels = torch.randn(batch, context, width), torch.randint(0, vocab, (batch, context))
+    middle.forward(0, 0, h_in.clone(), labels)
+    final.forward(0, 0, sent[0].tensor.clone(), labels)
+
+    x = h_in.clone().requires_grad_()
+    out = block_before(x)
+    prediction = sg_before.predict(out.detach(), labels)
+    (expected,) = torch.autograd.grad((out * prediction).sum(), x)
+    torch.testing.assert_close(sent[1].tensor, expected, rtol=1e-5, atol=1e-8)
+    assert expected.abs().sum() > 0 and prediction.shape == (batch, context, width)
+
+    h = out.detach().requires_grad_()
+    loss = F.cross_entropy(last_before(h).flatten(0, 1), labels.flatten())
+    (true_grad,) = torch.autograd.grad(loss, h)
+    torch.testing.assert_close(sent_last[0].tensor, true_grad, rtol=1e-5, atol=1e-8)
+    # That true gradient is what the SG of stage 1 regresses on, at per-term scale (B x T terms).
+    middle.backward(0, 0, true_grad)
+    torch.testing.assert_close(sg_before.regression_loss(out.detach(), labels, true_grad),
+                               F.mse_loss(sg_before(out.detach(), labels), true_grad * batch * context))
 
 
 def test_last_stage_sends_the_true_input_gradient():
@@ -189,10 +226,8 @@ def test_1f1b_schedule_alternates_and_bounds_activations():
 
 
 def test_dgl_trains_an_auxiliary_head_and_sends_nothing_upstream():
-    from dni_pipeline.trainer.network import build_aux_head
-
     block = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[0]
-    head = build_aux_head((16,), 5, [])
+    head = default_aux_head((16,), 5, [])
     head_before = copy.deepcopy(head)
     sent = []
     stage = Stage(0, 2, block, "dgl", sent.append, lr=1e-2, lr_schedule="constant", total_steps=1, aux_head=head)

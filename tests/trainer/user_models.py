@@ -1,0 +1,62 @@
+"""A user's own model and data functions, as `--model user_models:small_mlp --data user_models:teacher_data`
+name them (this folder is on the test session's path)."""
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def small_mlp(input_shape, num_classes, width=32):
+    """A model the project does not know: LayerNorm and GELU, no BatchNorm."""
+    return nn.Sequential(nn.Linear(input_shape[0], width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, width),
+                         nn.GELU(), nn.Linear(width, num_classes))
+
+
+def teacher_data(samples=2048, dim=12, classes=4, seed=0):
+    """Labels from a random linear teacher with a nonlinearity: ((x_train, y_train), (x_test, y_test))."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples + 512, dim)).astype(np.float32)
+    y = np.tanh(x @ rng.normal(size=(dim, 16))) @ rng.normal(size=(16, classes))
+    y = y.argmax(1)
+    return (x[:samples], y[:samples]), (x[samples:], y[samples:])
+
+
+def markov_text_data(characters=12, context=16, windows=1200, seed=0):
+    """A character corpus from a random first-order Markov chain, as next-character windows."""
+    rng = np.random.default_rng(seed)
+    transitions = rng.dirichlet(np.full(characters, 0.3), size=characters)
+    ids = np.zeros(windows * (context + 1) + 1, dtype=np.int64)
+    for i in range(1, len(ids)):
+        ids[i] = rng.choice(characters, p=transitions[ids[i - 1]])
+    x = ids[:-1].reshape(windows, context + 1)[:, :context]
+    y = ids[1:].reshape(windows, context + 1)[:, :context]
+    cut = windows * 5 // 6
+    return {"x_train": x[:cut], "y_train": y[:cut], "x_test": x[cut:], "y_test": y[cut:]}
+
+
+def raising_factory(index, num_stages):
+    raise ValueError("no such layer")
+
+
+def raising_model(input_shape, num_classes):
+    raise ValueError("no such layer")
+
+
+class Unpicklable(nn.Linear):
+    """A module holding a lock: it cannot travel to a stage process."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict:
+    """Test loss and accuracy of a whole model, as a user would compute them."""
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+        y = torch.from_numpy(y)
+        loss = nn.functional.cross_entropy(out.flatten(0, -2), y.flatten())
+        return {"loss": loss.item(), "accuracy": (out.argmax(-1) == y).float().mean().item()}
