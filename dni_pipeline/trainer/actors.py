@@ -105,8 +105,9 @@ class DelayedLink:
 class StageActor:
     """Holds stage `index` of the network; stage 0 also holds the data and is the only one the driver feeds."""
 
-    def __init__(self, config: dict, index: int, network: Network, total_steps: int):
+    def __init__(self, config: dict, index: int, network_ref: list, total_steps: int):
         cfg = TrainConfig(**config)
+        network: Network = ray.get(network_ref[0])  # this stage's part of the model, held in the store by the driver
         torch.set_num_threads(max(1, int(cfg.cpus_per_stage)))
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.index = index
@@ -118,7 +119,8 @@ class StageActor:
         if index < cfg.stages - 1:
             torch.manual_seed(cfg.seed + 1 + index)
             if cfg.mode in SG_MODES:
-                sg_model = network.build_synthetic_gradient(index, cfg.resolved_sg_hidden(), cfg.mode == "cdni")
+                hidden = cfg.resolved_sg_hidden(network.output_shape(index))
+                sg_model = network.build_synthetic_gradient(index, hidden, cfg.mode == "cdni")
                 sg_model = sg_model.to(self.device)
             elif cfg.mode == "dgl":
                 aux_head = network.build_aux_head(index, cfg.aux_hidden).to(self.device)

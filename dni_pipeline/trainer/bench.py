@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.errors import JobFailed, UserError
 from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
@@ -123,9 +123,14 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
             for label in filter(lambda r: bench.runs_at(r, latency), bench.rows()):
                 cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
                 log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
-                results[(latency, k, label)] = result = _run(cfg, label, data, networks[k])
+                try:
+                    result = _run(cfg, label, data, networks[k])
+                except JobFailed as exc:  # a row that diverges is a result too; the others still run
+                    log.warning("  %s failed: %s", label, exc)
+                    result = TrainResult({"time_to_target_seconds": None, "failed": str(exc).splitlines()[0]})
+                results[(latency, k, label)] = result
                 log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
-                         else f"not reached ({_final(result.summary, bench)})")
+                         else _final(result.summary, bench))
     return results
 
 
@@ -166,10 +171,11 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
                 by_latency = {f"{x:g}": tta[(x, k, label)].summary for x in bench.latencies if bench.runs_at(label, x)}
                 entry.update(target=bench.target_config().target_text(), target_accuracy=bench.target_accuracy,
                              final_test_bits_by_latency={x: s.get("test_bits") for x, s in by_latency.items()},
+                             final_by_latency={x: _final(s, bench) for x, s in by_latency.items()},
                              time_to_accuracy_seconds=by_latency[f"{base_latency:g}"]["time_to_target_seconds"],
                              time_to_accuracy_by_latency={x: s["time_to_target_seconds"] for x, s in by_latency.items()},
-                             final_test_accuracy_by_latency={x: s["test_accuracy"] for x, s in by_latency.items()},
-                             final_test_accuracy=by_latency[f"{base_latency:g}"]["test_accuracy"],
+                             final_test_accuracy_by_latency={x: s.get("test_accuracy") for x, s in by_latency.items()},
+                             final_test_accuracy=by_latency[f"{base_latency:g}"].get("test_accuracy"),
                              curve_by_latency={f"{x:g}": _curve(tta[(x, k, label)]) for x in bench.latencies
                                                if bench.runs_at(label, x)})
             entries.append(entry)
@@ -213,14 +219,13 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
         if bench.tta_epochs:
             for x in latencies:
                 seconds = e["time_to_accuracy_by_latency"].get(x)
-                final = {"test_accuracy": e["final_test_accuracy_by_latency"].get(x),
-                         "test_bits": e["final_test_bits_by_latency"].get(x)}
                 row.append("-" if x not in e["time_to_accuracy_by_latency"] else f"{seconds:.1f}" if seconds
-                           else f"not reached ({_final(final, bench)})")
+                           else e["final_by_latency"][x])
         lines.append("| " + " | ".join(row) + " |")
     cfg = bench.base
-    model = f"model {cfg.model} {cfg.model_options or ''}" if cfg.model else f"arch {cfg.arch}"
-    lines += ["", f"{cfg.data or cfg.dataset} {cfg.data_options or ''}, {model}, split {cfg.split or 'default'}, "
+    model = f"model {cfg.model}{f' {cfg.model_options}' if cfg.model_options else ''}" if cfg.model else f"arch {cfg.arch}"
+    data = f"{cfg.data or cfg.dataset}{f' {cfg.data_options}' if cfg.data_options else ''}"
+    lines += ["", f"{data}, {model}, split {cfg.split or 'default'}, "
               f"batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
               f"(gpipe, 1f1b and torch's), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device} (single: all "
               f"of them in one process), SG updates {cfg.sg_update}, {bench.steps} steps x {bench.reps} interleaved "
@@ -237,10 +242,12 @@ def _curve(result: TrainResult) -> list[list]:
 
 
 def _final(summary: dict, bench: BenchConfig) -> str:
-    """The figure a run ended at, in the target's terms."""
+    """How a run that missed the target ended, in the target's terms (or how it failed)."""
+    if "failed" in summary:
+        return f"failed ({summary['failed']})"
     if bench.target_bits:
-        return f"{summary['test_bits']:.3f} bits"
-    return f"{100 * summary['test_accuracy']:.2f}%"
+        return f"not reached ({summary['test_bits']:.3f} bits)"
+    return f"not reached ({100 * summary['test_accuracy']:.2f}%)"
 
 
 def _joined(values: list[float] | None, form: str) -> str:

@@ -97,7 +97,7 @@ def _add_train_command(commands) -> None:
     train.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d.batch_size})")
     train.add_argument("--lr", type=float, help=f"Adam learning rate of every block not driven by a synthetic gradient (of every block under --sg-update paper); default {d.lr:g}")
     train.add_argument("--lr-schedule", help=f"constant or cosine (decay to 0 over the run); default {d.lr_schedule}")
-    train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default dni {DEFAULT_SG_HIDDEN['dni']}, cdni linear)")
+    train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default cdni linear; dni {DEFAULT_SG_HIDDEN['dni']} for flat activations, two layers as wide as the channels or features for images and sequences)")
     train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
     train.add_argument("--sg-off", action="store_true", default=None,
                        help="ablation: SG models stay zero, so only the last stage learns")

@@ -12,7 +12,7 @@ from .stage import LOCKED_MODES, MODES, SG_UPDATES
 
 __all__ = ["DEFAULT_SG_HIDDEN", "TrainConfig", "build_config"]
 
-# The paper's choices: a 2x1024 MLP synthetic gradient for DNI, a linear one for cDNI.
+# The paper's choices for flat activations: a 2x1024 MLP synthetic gradient for DNI, a linear one for cDNI.
 DEFAULT_SG_HIDDEN = {"dni": [1024, 1024], "cdni": []}
 
 
@@ -33,7 +33,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     lr_schedule: str = "cosine"
-    sg_hidden: list[int] | None = None  # None: the mode's default (DEFAULT_SG_HIDDEN)
+    sg_hidden: list[int] | None = None  # None: the mode's default for the activation's shape (resolved_sg_hidden)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
     sg_update: str = "calibrated"  # how an SG-driven stage steps: calibrated (scaled SG, SGD) or paper (raw SG, Adam)
@@ -59,8 +59,18 @@ class TrainConfig:
     stall_timeout: float = 300.0  # seconds a stage may leave a ping unanswered before it is declared stuck
     inject_nan: list[int] = field(default_factory=list)  # fault injection: [stage, step] gets a NaN input
 
-    def resolved_sg_hidden(self) -> list[int]:
-        return DEFAULT_SG_HIDDEN.get(self.mode, []) if self.sg_hidden is None else self.sg_hidden
+    def resolved_sg_hidden(self, shape: tuple[int, ...]) -> list[int]:
+        """The SG model's hidden widths for an activation of per-sample `shape`: as given, or the mode's
+        default. cdni: linear. dni: the paper's 1024, 1024 for a flat activation; for an image or a
+        sequence two hidden layers as wide as its channels or features (the paper's CNN choice, 128
+        filters for 128 channels), since 1024 channels of 5x5 convolutions, or 1024 units at every
+        position, cost tens of times the block they serve."""
+        if self.sg_hidden is not None:
+            return self.sg_hidden
+        if self.mode != "dni" or len(shape) == 1:
+            return DEFAULT_SG_HIDDEN.get(self.mode, [])
+        width = shape[0] if len(shape) == 3 else shape[-1]
+        return [width, width]
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
@@ -110,7 +120,7 @@ class TrainConfig:
              f"--target-accuracy is a fraction in (0, 1] (got {self.target_accuracy})")
         need(self.target_bits is None or self.target_bits > 0, f"--target-bits must be positive (got {self.target_bits})")
         need(self.target_bits is None or self.target_accuracy is None, "give --target-accuracy or --target-bits, not both")
-        need(all(w > 0 for w in self.resolved_sg_hidden() + self.aux_hidden),
+        need(all(w > 0 for w in (self.sg_hidden or []) + self.aux_hidden),
              "--sg-hidden and --aux-hidden widths must be positive")
         need(
             not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,

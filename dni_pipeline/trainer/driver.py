@@ -77,13 +77,13 @@ class Driver:
         self.ledger = Ledger.options(scheduling_strategy=here).remote(cfg.stages)
         actor_class = ray.remote(StageActor)
         run_id = uuid.uuid4().hex[:8]
-        # Each stage's part of the network, put once and held here: a restarted actor's constructor reads it again
-        # (an argument Ray stores for us instead may be gone by then).
+        # Each stage's part of the network, put once and held here, and handed over inside a list (so Ray does not
+        # resolve it as an argument of its own): a restarted actor's constructor reads it again from the store.
         self.network_refs = [ray.put(self.network.for_stage(i)) for i in range(cfg.stages)]
         self.stages = [  # named, so `ray list actors` (and a test) can find stage i of a run
             actor_class.options(**stage_resources(cfg), name=f"dni-{run_id}-stage{i}", max_restarts=cfg.max_restarts,
                                 max_task_retries=0).remote(
-                dataclasses.asdict(cfg), i, self.network_refs[i], self.total_steps)
+                dataclasses.asdict(cfg), i, [self.network_refs[i]], self.total_steps)
             for i in range(cfg.stages)
         ]
         self.generation = 0

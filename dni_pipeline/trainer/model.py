@@ -131,7 +131,7 @@ class Network:
             except Exception as exc:
                 source = "the data" if i == 0 else f"stage {i - 1}'s output"
                 raise UserError(f"stage {i} cannot take {source} of shape {tuple(h.shape)} ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0]}): make each stage's input fit the one before it, or "
+                                f"{_first_line(exc)}): make each stage's input fit the one before it, or "
                                 "cut the model elsewhere") from None
             finally:
                 module.train(training)
@@ -165,7 +165,7 @@ class Network:
             ray.cloudpickle.dumps(self)
         except Exception as exc:
             raise UserError(f"the model cannot be pickled for the stage processes ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0]}): keep open files, locks and threads out of the "
+                            f"{_first_line(exc)}): keep open files, locks and threads out of the "
                             "modules and factories") from None
 
     # -- the local models of a stage ----------------------------------------------------------------------
@@ -184,6 +184,11 @@ class Network:
         if self.aux_head is not None:
             return self.aux_head(shape, self.num_classes)
         return default_aux_head(shape, self.num_classes, hidden)
+
+
+def _first_line(exc: Exception) -> str:
+    """An error's message on one line (the error lines of this module are one line each)."""
+    return next(iter(str(exc).splitlines()), "")
 
 
 def default_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Sequential:

@@ -132,7 +132,8 @@ def plot_latency(path: Path, entries: list[dict], latencies: list[float]) -> Non
 def plot_accuracy_vs_time(path: Path, runs: dict, target: float) -> None:
     """Each run's headline figure (accuracy, or bits per token) against training seconds, and the target."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    key, label, scale = headline(next(iter(runs.values())).evals)
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a bench has more rows than the default ten colours
+    key, label, scale = headline(next((r.evals for r in runs.values() if r.evals), []))
     for (k, mode), result in runs.items():
         ax.plot([e["train_seconds"] for e in result.evals], [scale * e[key] for e in result.evals],
                 marker=".", label=f"{mode} K={k}")
@@ -149,6 +150,7 @@ def plot_accuracy_vs_time(path: Path, runs: dict, target: float) -> None:
 
 def plot_sg_cosine(path: Path, runs: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a bench has more rows than the default ten colours
     for (k, mode), result in runs.items():
         probed = [s for s in result.steps if "sg_cosine" in s]
         for stage in range(k - 1 if probed else 0):
@@ -164,6 +166,7 @@ def plot_time_to_accuracy(path: Path, entries: list[dict], latencies: list[float
     """The headline: seconds of training to the target accuracy against link latency, one line per row
     (a row that never reached the target has no point there)."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a bench has more rows than the default ten colours
     for e in entries:
         points = [(x, e["time_to_accuracy_by_latency"].get(f"{x:g}")) for x in latencies]
         points = [(x, s) for x, s in points if s]

@@ -159,11 +159,14 @@ def write_report(folder: RunFolder, cfg: TrainConfig, dataset: str, result: Trai
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Run summaries as an aligned text table of their main figures."""
-    cells = [[heading for _, heading in SUMMARY_COLUMNS]]
+    """Run summaries as an aligned text table of their main figures (bits per token for sequence models)."""
+    columns = list(SUMMARY_COLUMNS)
+    if any(row.get("test_bits") is not None for row in rows):
+        columns.insert(4, ("test_bits", "test bits"))
+    cells = [[heading for _, heading in columns]]
     for row in rows:
-        cells.append([_cell(row.get(key)) for key, _ in SUMMARY_COLUMNS])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
+        cells.append([_cell(row.get(key)) for key, _ in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

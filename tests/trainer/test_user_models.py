@@ -3,11 +3,14 @@ stage actors; the built-in transformer and residual CNN trained exactly by the l
 
 import copy
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 import user_models
+from test_faults import _manifest_step, _stage_actor
 from torch import nn
 
 import dni_pipeline
@@ -92,6 +95,7 @@ def test_a_language_model_reports_bits_per_token_and_its_state_dict_loads(ray_se
     summary = result.summary
     assert summary["test_bits"] == pytest.approx(summary["test_loss"] / np.log(2))
     assert summary["test_bits"] < np.log2(12)  # below a uniform guess over the 12 characters
+    assert summary["tokens_per_sec"] == pytest.approx(16 * summary["samples_per_sec"], rel=1e-3)  # 16 per window
     trained = copy.deepcopy(model)
     trained.load_state_dict(result.state_dict())
     after = user_models.evaluate(trained, data["x_test"], data["y_test"])
@@ -162,3 +166,23 @@ def test_the_command_line_refuses_bad_models_in_one_line(ray_session, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_stage_of_a_users_model_is_restarted_and_the_run_equals_the_undisturbed_one(ray_session, tmp_path):
+    """Recovery on the transformer: the restarted actor rebuilds its stage from the network it was given,
+    reloads the checkpoint, and locked training repeats nothing and loses nothing."""
+    model, data = _gpt_and_text()
+    options = {"mode": "backprop", "stages": 2, "epochs": 3, "batch_size": 32, "checkpoint_every": 20, "progress": False}
+    clean = dni_pipeline.train(copy.deepcopy(model), data, out=str(tmp_path / "clean"), **options)
+
+    def kill_stage_1():
+        while _manifest_step(tmp_path / "killed") < 40:
+            time.sleep(0.02)
+        ray_session.kill(_stage_actor(ray_session, 1), no_restart=False)
+
+    threading.Thread(target=kill_stage_1, daemon=True).start()
+    killed = dni_pipeline.train(copy.deepcopy(model), data, out=str(tmp_path / "killed"), **options)
+    assert [r["stage"] for r in killed.summary["recoveries"]] == [1]
+    assert killed.summary["test_loss"] == clean.summary["test_loss"]
+    assert all(torch.equal(killed.state_dict()[k], v) for k, v in clean.state_dict().items())
