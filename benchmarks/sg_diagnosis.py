@@ -1,4 +1,4 @@
-"""Two measurements behind the calibrated SG update (README, "Synthetic gradients that help").
+"""Two measurements behind the calibrated SG update (docs/results.md, "Synthetic gradients that help").
 
 `oracle`: train the bench model (K = 2) for one epoch in one process, stage 0 driven not by an SG model
 but by the true dL/dh mixed with isotropic noise to a chosen cosine and shrunk to the length a
