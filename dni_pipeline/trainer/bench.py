@@ -127,7 +127,8 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
                     result = _run(cfg, label, data, networks[k])
                 except JobFailed as exc:  # a row that diverges is a result too; the others still run
                     log.warning("  %s failed: %s", label, exc)
-                    result = TrainResult({"time_to_target_seconds": None, "failed": str(exc).splitlines()[0]})
+                    result = TrainResult({"time_to_target_seconds": None,
+                                          "failed": next(iter(str(exc).splitlines()), type(exc).__name__)})
                 results[(latency, k, label)] = result
                 log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
                          else _final(result.summary, bench))

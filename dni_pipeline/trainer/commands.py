@@ -89,7 +89,7 @@ def _add_train_command(commands) -> None:
         f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
     train.add_argument("--dataset", help=(
         "mnist (needs --data-dir or --download), digits (bundled), synthetic, or kjv (the King James Bible as "
-        f"next-character prediction, needs --data-dir; data_options: context) (default {d.dataset})"))
+        f"next-character prediction, needs --data-dir; data_options: context, test_windows) (default {d.dataset})"))
     train.add_argument("--download", action="store_true", default=None,
                        help="download MNIST (md5-checked) into the data folder or ~/.cache/dni-pipeline when missing")
     add_model_flags(train)
