@@ -26,7 +26,7 @@ from .models import network_from_config
 from .peers import PEER_MODES, check_peer, train_peer
 from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_time_to_accuracy, plot_timeline
 from .report import TrainResult
-from .stage import SG_MODES
+from .stage import MODES, SG_MODES
 from .training import train_pipeline
 
 __all__ = ["BenchConfig", "bench_table", "run_bench"]
@@ -52,6 +52,9 @@ class BenchConfig:
     sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
 
     def validate(self) -> "BenchConfig":
+        for mode in self.modes:
+            if mode not in MODES + PEER_MODES:
+                raise UserError(f"unknown bench mode '{mode}': choose from {', '.join(MODES + PEER_MODES)}")
         for k in self.stages:
             for mode in self.modes:
                 cfg = dataclasses.replace(self.base, stages=k)
@@ -172,7 +175,8 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
                 by_latency = {f"{x:g}": tta[(x, k, label)].summary for x in bench.latencies if bench.runs_at(label, x)}
                 entry.update(target=bench.target_config().target_text(), target_accuracy=bench.target_accuracy,
                              final_test_bits_by_latency={x: s.get("test_bits") for x, s in by_latency.items()},
-                             final_by_latency={x: _final(s, bench) for x, s in by_latency.items()},
+                             final_by_latency={x: _final(s, bench) for x, s in by_latency.items()
+                                               if not s["time_to_target_seconds"]},
                              time_to_accuracy_seconds=by_latency[f"{base_latency:g}"]["time_to_target_seconds"],
                              time_to_accuracy_by_latency={x: s["time_to_target_seconds"] for x, s in by_latency.items()},
                              final_test_accuracy_by_latency={x: s.get("test_accuracy") for x, s in by_latency.items()},

@@ -54,7 +54,8 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--modes", "backprop,warp"], "invalid mode 'warp'"),
+    (["--modes", "backprop,warp"], "unknown bench mode 'warp': choose from backprop, gpipe, 1f1b, dni, cdni, dgl, "
+                                   "single, torch-gpipe, torch-1f1b"),
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
     (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
