@@ -127,8 +127,8 @@ class StageActor:
         self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
                           total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
                           batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
-                          sg_trainable=not cfg.sg_off, sg_update=cfg.sg_update,
-                          sg_update_lr=cfg.sg_update_lr, aux_head=aux_head, objective=network.objective)
+                          sg_off=cfg.sg_off, sg_update=cfg.sg_update, sg_update_lr=cfg.sg_update_lr,
+                          sg_trust_every=cfg.sg_trust_every, aux_head=aux_head, objective=network.objective)
         self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None

@@ -102,10 +102,14 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-off", action="store_true", default=None,
                        help="ablation: SG models stay zero, so only the last stage learns")
     train.add_argument("--sg-update", choices=SG_UPDATES, help=(
-        "how a stage driven by its SG steps: calibrated (the prediction scaled by its measured least-squares "
-        "fit to the targets that come back, SGD with momentum) or paper (the raw prediction into Adam, as "
-        f"Jaderberg et al.); default {d.sg_update}"))
+        "how a stage driven by its SG steps: gated (the prediction into Adam, its learning rate scaled by the "
+        "measured cosine between the weight gradient the prediction gives and the one the true target gives), "
+        "calibrated (the prediction scaled by its measured least-squares fit to the targets that come back, "
+        f"SGD with momentum) or paper (the raw prediction into Adam, as Jaderberg et al.); default {d.sg_update}"))
     train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")
+    train.add_argument("--sg-trust-every", type=int, help=(
+        "under --sg-update gated, steps between the batches on which a stage measures its SG step against the true "
+        f"one (each costs one more backward of the block); default {d.sg_trust_every}"))
     train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
     train.add_argument("--aux-hidden", type=_int_list,
                        help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
@@ -164,7 +168,7 @@ def _add_bench_command(commands) -> None:
         "block, where the paper's 1024,1024 costs as much as the block)"))
     bench.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
     bench.add_argument("--sg-update", choices=SG_UPDATES,
-                       help="how SG-driven stages step: calibrated or paper, as for train (default calibrated)")
+                       help="how SG-driven stages step: gated, calibrated or paper, as for train (default gated)")
     bench.add_argument("--sg-update-lr", type=float,
                        help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
     bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
@@ -216,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # The bench's reference configuration, under its config file and flags.
 BENCH_DEFAULTS = {"dataset": "mnist", "arch": "fc1024*8", "batch_size": 256, "micro_batches": 4, "sg_hidden": [],
-                  "lr": 1e-3, "sg_update": "calibrated", "sg_update_lr": 0.05}
+                  "lr": 1e-3, "sg_update": "gated", "sg_update_lr": 0.05}
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -36,8 +36,9 @@ class TrainConfig:
     sg_hidden: list[int] | None = None  # None: the mode's default for the activation's shape (resolved_sg_hidden)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
-    sg_update: str = "calibrated"  # how an SG-driven stage steps: calibrated (scaled SG, SGD) or paper (raw SG, Adam)
+    sg_update: str = "gated"  # how an SG-driven stage steps: gated (Adam, lr x trust), calibrated (SGD), paper (Adam)
     sg_update_lr: float = 0.05  # SGD learning rate of SG-driven stages under sg_update calibrated
+    sg_trust_every: int = 4  # gated: steps between measurements of the SG step's cosine to the true one
     sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
     aux_hidden: list[int] = field(default_factory=list)  # DGL auxiliary classifier; empty: linear
     micro_batches: int = 4  # gpipe and 1f1b
@@ -98,8 +99,9 @@ class TrainConfig:
         need(self.mode in MODES, f"invalid mode '{self.mode}': choose one of {', '.join(MODES)}")
         need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
         need(self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda")
-        need(self.sg_update in SG_UPDATES, f"invalid sg_update '{self.sg_update}': use {' or '.join(SG_UPDATES)}")
+        need(self.sg_update in SG_UPDATES, f"invalid sg_update '{self.sg_update}': use one of {', '.join(SG_UPDATES)}")
         need(self.sg_update_lr > 0, f"--sg-update-lr must be positive (got {self.sg_update_lr})")
+        need(self.sg_trust_every >= 1, f"--sg-trust-every must be at least 1 (got {self.sg_trust_every})")
         need(self.lr_schedule in ("constant", "cosine"), f"invalid lr_schedule '{self.lr_schedule}': use constant or cosine")
         need(self.stages >= 1, f"--stages must be at least 1 (got {self.stages})")
         need(self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")

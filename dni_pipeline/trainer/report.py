@@ -25,7 +25,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-SG_STEP_KEYS = {"forward": ("sg_scale",), "backward": ("sg_loss", "sg_r2")}
+SG_STEP_KEYS = {"forward": ("sg_scale",), "backward": ("sg_loss", "sg_r2", "sg_step_cosine")}
 
 
 @dataclass
@@ -44,7 +44,8 @@ class TrainResult:
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
     """One record per step: the loss and batch accuracy (summed over micro-batches); for each earlier
     stage its SG regression loss, the R^2 of the prediction it used against the target, and the scale
-    its calibration applied; on probed steps each earlier stage's SG cosine similarity."""
+    its update rule applied; on measured steps (gated) the weight-space cosine of its SG step, and on
+    probed steps each earlier stage's SG cosine similarity."""
     records: dict[int, dict] = {}
     per_stage = lambda: [None] * (cfg.stages - 1)  # noqa: E731
     for event in events:

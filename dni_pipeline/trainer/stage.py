@@ -12,8 +12,11 @@ Modes:
   its SG model's prediction and steps; the gradient it computes for its input goes upstream as the
   regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
   How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
-  as Jaderberg et al. do; ``calibrated`` scales it by its measured trust (`Calibration`) and steps with
-  SGD and momentum, which keeps the scale Adam would normalise away (see docs/training.md).
+  as Jaderberg et al. do; ``gated`` (the default) does the same with Adam's learning rate scaled by the
+  measured cosine between the step Adam takes and the gradient the true target gives the weights
+  (`StepTrust`, measured on every `sg_trust_every`-th batch); ``calibrated`` scales the prediction by its measured fit
+  in activation space (`Calibration`) and steps with SGD and momentum (see docs/training.md).
+  An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
 """
 
@@ -27,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .objective import Objective
-from .synthetic_gradients import Calibration, SyntheticGradient
+from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
 MODES = LOCKED_MODES + SG_MODES + ("dgl",)
-SG_UPDATES = ("calibrated", "paper")
+SG_UPDATES = ("gated", "calibrated", "paper")
 SG_MOMENTUM = 0.9
 
 
@@ -82,9 +85,10 @@ class Stage:
         batch_size: int | None = None,
         sg_model: SyntheticGradient | None = None,
         sg_lr: float | None = None,
-        sg_trainable: bool = True,
-        sg_update: str = "calibrated",
+        sg_off: bool = False,
+        sg_update: str = "gated",
         sg_update_lr: float = 0.05,
+        sg_trust_every: int = 4,
         aux_head: nn.Module | None = None,
         objective: Objective | None = None,
     ):
@@ -99,12 +103,15 @@ class Stage:
         params = list(module.parameters()) + (list(aux_head.parameters()) if aux_head else [])
         # An SG-driven stage under `calibrated` steps with SGD: its gradient's size carries the trust.
         self.calibration = Calibration() if sg_model is not None and sg_update == "calibrated" else None
+        # Under `gated` an SG-driven stage steps with Adam at its learning rate times the measured trust.
+        self.trust = StepTrust() if sg_model is not None and sg_update == "gated" and not sg_off else None
+        self.trust_every = sg_trust_every
         if self.calibration:
             self.lr, self.optimizer = sg_update_lr, torch.optim.SGD(params, lr=sg_update_lr, momentum=SG_MOMENTUM)
         else:
             self.optimizer = torch.optim.Adam(params, lr=lr)
         self.sg = sg_model
-        self.sg_trainable = sg_trainable
+        self.sg_off = sg_off and mode in SG_MODES  # the ablation: every stage but the last frozen, nothing sent back
         self.sg_base_lr = sg_lr or lr
         self.sg_optimizer = torch.optim.Adam(sg_model.parameters(), lr=self.sg_base_lr) if sg_model else None
         # (step, micro) -> what a later backward needs: (input, output or loss) with graph in locked
@@ -113,6 +120,7 @@ class Stage:
         self.backwards_done: dict[int, int] = {}  # step -> micro-batches backpropagated (locked modes)
         self.deferred: deque = deque()  # 1F1B: forwards waiting for a backward to free a slot
         self.probes: dict[int, tuple] = {}
+        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, Adam's step)
         self.updates = 0
 
     # -- training --------------------------------------------------------------------------------
@@ -120,8 +128,16 @@ class Stage:
         """A training (micro-)batch from the stage before (or the data, for stage 0)."""
         if self.mode in LOCKED_MODES:
             return self._locked_forward(step, micro, h_in, labels)
-        h_in = h_in.requires_grad_(self.index > 0)
-        out = self._check("activation", step, self.module(h_in))
+        if self.sg_off and not self.is_last:
+            return self._frozen_forward(step, micro, h_in, labels)
+        h_in = h_in.requires_grad_(self.index > 0 and not self.sg_off)
+        measured = self.trust is not None and step % self.trust_every == 0
+        if measured:  # on a copy of the weights, so the true target can be backpropagated after they have moved
+            weights = {name: p.detach().clone().requires_grad_() for name, p in self.module.named_parameters()}
+            out = torch.func.functional_call(self.module, weights, (h_in,))
+        else:
+            out = self.module(h_in)
+        out = self._check("activation", step, out)
         if self.is_last:
             loss = self._check("loss", step, self.objective.loss(out, labels))
             loss.backward()
@@ -137,13 +153,19 @@ class Stage:
         else:
             h = out.detach()
             predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
-            if self.sg_trainable:
-                self.pending[(step, micro)] = (h, labels, predicted)
+            self.pending[(step, micro)] = (h, labels, predicted)
             scale = self.calibration.scale if self.calibration else 1.0
-            out.backward(predicted * scale)
-            metrics["sg_scale"] = scale
+            if measured:
+                out.backward(predicted, retain_graph=True)
+                for name, param in self.module.named_parameters():
+                    param.grad = weights[name].grad
+            else:
+                out.backward(predicted * scale)
+            metrics["sg_scale"] = self.trust.scale if self.trust else scale
             self._send_input_grad(step, micro, h_in)
         self._step(step)
+        if measured:
+            self.measuring[(step, micro)] = (out, weights, self._adam_direction())
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -153,9 +175,12 @@ class Stage:
             self._locked_backward(step, micro, grad)
             self._run_deferred()
             return {}
-        if not self.sg_trainable:
-            return {}
         h, labels, predicted = self.pending.pop((step, micro))
+        metrics = {}
+        if (step, micro) in self.measuring:
+            out, weights, direction = self.measuring.pop((step, micro))
+            true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
+            metrics["sg_step_cosine"] = self.trust.update(direction, list(true))
         if self.calibration:
             self.calibration.update(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
@@ -165,7 +190,15 @@ class Stage:
         self.sg_optimizer.zero_grad(set_to_none=True)
         # R^2 of the raw prediction (before any calibration) against the target that came back for it.
         r2 = 1.0 - float((predicted - grad).pow(2).sum()) / max(float(grad.pow(2).sum()), 1e-30)
-        return {"sg_loss": loss.item(), "sg_r2": r2}
+        return {**metrics, "sg_loss": loss.item(), "sg_r2": r2}
+
+    def _frozen_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The SG-off ablation's stage: its block is never trained, so it only computes and sends its output."""
+        with torch.no_grad():
+            out = self._check("activation", step, self.module(h_in))
+        self.send(Message("forward", step, out, labels, micro))
+        self.updates += 1  # a step that changes nothing, counted so the pipeline paces as before
+        return {}
 
     # -- locked modes ------------------------------------------------------------------------------
     def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -245,7 +278,7 @@ class Stage:
     def state_dict(self) -> dict:
         """Everything a restarted stage needs to go on exactly where this one stands: taken only between
         steps (nothing pending), and refused if a weight is no longer finite."""
-        if any((self.pending, self.deferred, self.probes, self.backwards_done)):
+        if any((self.pending, self.deferred, self.probes, self.backwards_done, self.measuring)):
             raise RuntimeError(f"stage {self.index} has work in flight: checkpoints are taken between steps")
         for name, value in self.module.state_dict().items():
             self._check(f"weight {name}", self.updates, value)
@@ -255,14 +288,30 @@ class Stage:
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
         self.updates = state["updates"]
-        for held in (self.pending, self.deferred, self.probes, self.backwards_done):
+        for held in (self.pending, self.deferred, self.probes, self.backwards_done, self.measuring):
             held.clear()  # steps begun but not finished: they are sent again after a rollback
 
     # -- internals -----------------------------------------------------------------------------
     def _parts(self) -> dict:
         parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
-                 "calibration": self.calibration, "aux": self.aux}
+                 "calibration": self.calibration, "trust": self.trust, "aux": self.aux}
         return {k: v for k, v in parts.items() if v is not None}
+
+    def _adam_direction(self) -> list[torch.Tensor]:
+        """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
+        the root of the second), parameter by parameter: the direction the trust is measured on."""
+        group = self.optimizer.param_groups[0]
+        (beta1, beta2), eps = group["betas"], group["eps"]
+        direction = []
+        for param in self.module.parameters():
+            state = self.optimizer.state.get(param)
+            if not state:
+                direction.append(torch.zeros_like(param))
+                continue
+            t = float(state["step"])
+            moment = state["exp_avg"] / (1 - beta1**t)
+            direction.append(moment / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
+        return direction
 
     def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(tensor).all():
@@ -270,7 +319,7 @@ class Stage:
         return tensor
 
     def _send_input_grad(self, step: int, micro: int, h_in: torch.Tensor) -> None:
-        if self.index > 0 and self.mode != "dgl":
+        if self.index > 0 and self.mode != "dgl" and not self.sg_off:
             self.send(Message("backward", step, h_in.grad, micro=micro))
 
     def _set_lr(self, optimizer: torch.optim.Optimizer, base: float, step: int) -> None:
@@ -280,7 +329,7 @@ class Stage:
     def _step(self, step: int) -> None:
         if step != self.updates:  # each step once, in order: a replayed or skipped step is a bug, not a result
             raise RuntimeError(f"stage {self.index} was asked to apply step {step} after {self.updates} updates")
-        self._set_lr(self.optimizer, self.lr, step)
+        self._set_lr(self.optimizer, self.lr * (self.trust.scale if self.trust else 1.0), step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Calibration", "SyntheticGradient", "SyntheticGradientModel", "UserSyntheticGradient", "loss_terms"]
+__all__ = ["Calibration", "StepTrust", "SyntheticGradient", "SyntheticGradientModel", "UserSyntheticGradient", "loss_terms"]
 
 
 def _zero_(layer: nn.Module) -> nn.Module:
@@ -136,3 +136,55 @@ class Calibration:
 
     def load_state_dict(self, state: dict) -> None:
         self.cross, self.energy, self.target_energy = state["cross"], state["energy"], state["target_energy"]
+
+
+class StepTrust:
+    """How far an SG-driven stage follows its prediction under the ``gated`` update: the stage's own Adam
+    steps along the gradient the prediction gives its weights, with the learning rate scaled by how surely
+    that step points downhill: the cosine between the step Adam takes (its bias-corrected moments after
+    that gradient) and the gradient the true target, when it arrives, gives the same weights.
+
+    Measured on the step, in weight space, because that is what moves the stage: on the character GPT an
+    SG at cosine 0.5 to the true dL/dh gave the first stage's weights a gradient at cosine 0.0-0.2 to the
+    true one, and Adam, which moves every weight by about its learning rate, turns that into a step near
+    cosine 0. One batch's cosine is noisy (about +-0.2 there), and steps let through by a lucky average
+    cost the GPT more than they gave it, so the trust is a lower bound: the mean of the recent cosines
+    (exponentially weighted) less two standard errors, clipped to [0, 1]. It is 0 until two batches have
+    been measured and while the bound is below 0, so an SG that has not shown its worth drives no update
+    and the stage stays where the SG-off ablation would leave it (docs/results.md, "The gated update").
+    """
+
+    DECAY = 0.7  # measurements are every few steps: weight 0.7^k on the one k measurements back
+    STANDARD_ERRORS = 2.0
+
+    def __init__(self):
+        self.cosine = self.square = 0.0  # exponentially weighted sums of the cosines and their squares
+        self.measured = 0
+
+    @property
+    def scale(self) -> float:
+        if self.measured < 2:
+            return 0.0
+        d, n = self.DECAY, self.measured
+        weight = 1 - d**n  # the weights' total: the sums are bias-corrected by it
+        mean = self.cosine / weight
+        variance = max(0.0, self.square / weight - mean**2)
+        effective = weight**2 * (1 + d) / ((1 - d) * (1 - d ** (2 * n)))  # (sum of weights)^2 / sum of squares
+        return min(1.0, max(0.0, mean - self.STANDARD_ERRORS * (variance / effective) ** 0.5))
+
+    def update(self, step: list[torch.Tensor], true: list[torch.Tensor]) -> float:
+        """Record one batch: the step the prediction drove (per unit of learning rate, parameter by parameter)
+        and the gradient its true target gives the same weights; returns their cosine."""
+        step_flat, true_flat = torch.cat([g.flatten() for g in step]), torch.cat([g.flatten() for g in true])
+        norms = float(step_flat.norm() * true_flat.norm())
+        cosine = float(step_flat @ true_flat) / norms if norms > 0 else 0.0
+        self.cosine = self.DECAY * self.cosine + (1 - self.DECAY) * cosine
+        self.square = self.DECAY * self.square + (1 - self.DECAY) * cosine**2
+        self.measured += 1
+        return cosine
+
+    def state_dict(self) -> dict:
+        return {"cosine": self.cosine, "square": self.square, "measured": self.measured}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cosine, self.square, self.measured = state["cosine"], state["square"], state["measured"]

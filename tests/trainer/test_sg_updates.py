@@ -8,7 +8,7 @@ import torch
 
 from dni_pipeline.core.datasets import load_dataset
 from dni_pipeline.trainer.config import TrainConfig
-from dni_pipeline.trainer.synthetic_gradients import Calibration
+from dni_pipeline.trainer.synthetic_gradients import Calibration, StepTrust
 from dni_pipeline.trainer.training import train_pipeline
 
 
@@ -54,16 +54,50 @@ def test_calibration_is_alpha_times_the_cosine_of_the_running_sums():
     assert restored.scale == calibration.scale
 
 
+def _trusted(cosines) -> StepTrust:
+    trust = StepTrust()
+    for cosine in cosines:
+        direction = torch.tensor([1.0, 0.0])
+        trust.update([direction], [torch.tensor([cosine, (1 - cosine**2) ** 0.5])])
+    return trust
+
+
+def test_step_trust_is_a_lower_bound_on_the_recent_cosines():
+    assert _trusted([]).scale == 0.0 and _trusted([0.9]).scale == 0.0  # two measurements at least
+    assert _trusted([0.4] * 30).scale == pytest.approx(0.4)  # no spread: the mean itself
+    assert _trusted([0.3, -0.3] * 15).scale == 0.0  # a mean near 0: shut
+    assert _trusted([-0.5] * 10).scale == 0.0
+    # Three measurements, by hand: weights 0.3 x (0.49, 0.7, 1) from oldest to newest, bias-corrected.
+    cosines = [0.2, 0.6, 0.4]
+    weights = [0.3 * 0.7**2, 0.3 * 0.7, 0.3]
+    total = sum(weights)
+    mean = sum(w * c for w, c in zip(weights, cosines)) / total
+    variance = sum(w * c * c for w, c in zip(weights, cosines)) / total - mean**2
+    effective = total**2 / sum(w * w for w in weights)
+    trust = _trusted(cosines)
+    assert trust.scale == pytest.approx(mean - 2 * (variance / effective) ** 0.5, rel=1e-6)  # (float32 cosines)
+    restored = StepTrust()
+    restored.load_state_dict(trust.state_dict())
+    assert restored.scale == trust.scale
+
+
 def test_sg_driven_training_is_no_worse_than_the_sg_off_ablation(ray_session, mnist_dir):
     """cDNI on the bench's kind of block (1024 wide, three layers per stage), 40 steps of 256 real MNIST
-    digits. The paper's rule (raw SG into Adam) loses to leaving stage 0 untrained here; the calibrated
-    rule, the default, must not."""
+    digits. The paper's rule (raw SG into Adam) loses to leaving stage 0 untrained here; the gated rule
+    (the default) and the calibrated one must not."""
     full = load_dataset("mnist", str(mnist_dir.parent))
     data = dataclasses.replace(full, x_train=full.x_train[:10240], y_train=full.y_train[:10240])
     base = TrainConfig(mode="cdni", dataset="mnist", arch="fc1024*6", stages=2, batch_size=256, sg_hidden=[],
                        max_steps=40, eval_every=40, sg_probe_every=0).validate()
-    accuracy = {}
-    for name, changes in [("ablation", {"sg_off": True}), ("calibrated", {}), ("paper", {"sg_update": "paper"})]:
-        accuracy[name] = train_pipeline(dataclasses.replace(base, **changes), data, progress=False).summary["test_accuracy"]
+    accuracy, results = {}, {}
+    for name, changes in [("ablation", {"sg_off": True}), ("gated", {}), ("calibrated", {"sg_update": "calibrated"}),
+                          ("paper", {"sg_update": "paper"})]:
+        results[name] = train_pipeline(dataclasses.replace(base, **changes), data, progress=False)
+        accuracy[name] = results[name].summary["test_accuracy"]
     assert accuracy["paper"] < accuracy["ablation"] - 0.01, accuracy  # the setting tells the two rules apart
     assert accuracy["calibrated"] >= accuracy["ablation"] - 0.002, accuracy
+    assert accuracy["gated"] >= accuracy["ablation"] - 0.002, accuracy
+    # The gated stage measured every 4th batch on the real actors, and stepped at the trust it had then.
+    measured = [r["step"] for r in results["gated"].steps if r.get("sg_step_cosine", [None])[0] is not None]
+    assert measured == list(range(0, 40, 4))
+    assert results["gated"].steps[0]["sg_scale"] == [0.0]

@@ -32,7 +32,7 @@ def test_sg_final_layer_starts_at_zero(shape, classes):
 
 
 @pytest.mark.parametrize("mode, sg_update", [("dni", "paper"), ("cdni", "paper"), ("dni", "calibrated"),
-                                             ("cdni", "calibrated")])
+                                             ("cdni", "calibrated"), ("dni", "gated"), ("cdni", "gated")])
 def test_sg_target_sent_upstream_is_the_gradient_of_block_output_dot_prediction(mode, sg_update):
     torch.manual_seed(0)
     block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
@@ -263,3 +263,77 @@ def test_probe_compares_sg_with_the_true_gradient_and_changes_nothing():
     (true_grad,) = torch.autograd.grad(F.cross_entropy(parts[1](h), y), h)
     expected = F.cosine_similarity(sg.predict(h.detach(), y).flatten(), true_grad.flatten(), dim=0).item()
     assert cosine == pytest.approx(expected, abs=1e-5)
+
+
+def _flat(grads) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads])
+
+
+def test_gated_trust_is_the_cosine_of_adams_step_to_the_true_gradient_and_scales_the_step():
+    """Step 0 is measured: when its target comes back, the cosine recorded is the one between the step
+    Adam takes after the prediction's weight gradient (its bias-corrected moments, per unit of learning
+    rate) and the weight gradient of <block(h_in), target> at the weights the batch was computed with.
+    The trust starts at 0, so step 0 leaves the weights where they were; step 1 is Adam's step at
+    lr x trust, with Adam's moments fed by both steps' gradients."""
+    torch.manual_seed(0)
+    block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
+    sg = SyntheticGradient((16,), [], 5)
+    _randomize_last_layer(sg)
+    reference, sg_before = copy.deepcopy(block), copy.deepcopy(sg)
+    adam = torch.optim.Adam(reference.parameters(), lr=0.0)
+    stage = _stage(1, 3, block, "cdni", sg, sg_update="gated")
+    batches = [(torch.randn(8, 16), torch.arange(8) % 5, torch.randn(8, 16) / 8) for _ in range(2)]
+
+    def adam_step(lr, h_in, labels, sg_model, target=None):
+        """Adam's step along the SG's weight gradient; returns the true one the target gives, if any."""
+        out = reference(h_in)
+        params = list(reference.parameters())
+        grads = torch.autograd.grad(out, params, sg_model.predict(out.detach(), labels), retain_graph=True)
+        true = torch.autograd.grad(out, params, target) if target is not None else None
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        adam.param_groups[0]["lr"] = lr
+        adam.step()
+        return true
+
+    h_in, labels, target = batches[0]
+    stage.forward(0, 0, h_in.clone(), labels)
+    for name, param in block.named_parameters():
+        assert torch.equal(param, dict(reference.named_parameters())[name]), name  # trust 0: no step
+    cosine = stage.backward(0, 0, target)["sg_step_cosine"]
+    true = adam_step(0.0, h_in, labels, sg_before, target)
+    direction = [adam.state[p]["exp_avg"] / 0.1 / ((adam.state[p]["exp_avg_sq"] / 0.001).sqrt() + 1e-8)
+                 for p in reference.parameters()]
+    expected = F.cosine_similarity(_flat(direction), _flat(true), dim=0).item()
+    assert cosine == pytest.approx(expected, abs=1e-5) and abs(expected) > 0.01
+    assert stage.trust.cosine == pytest.approx(0.3 * expected, abs=1e-6)
+
+    stage.trust.load_state_dict({"cosine": 0.5, "square": 0.25, "measured": 60})  # many batches at cosine 0.5
+    sg_now = copy.deepcopy(sg)
+    h_in, labels, _ = batches[1]
+    stage.forward(1, 0, h_in.clone(), labels)
+    adam_step(1e-2 * 0.5, h_in, labels, sg_now)
+    for name, param in block.named_parameters():
+        torch.testing.assert_close(param, dict(reference.named_parameters())[name], rtol=1e-6, atol=1e-7)
+    assert stage.updates == 2 and not stage.measuring  # step 1 is not measured (every 4th is)
+
+
+class _Unusable(SyntheticGradient):
+    def forward(self, h, labels):
+        raise AssertionError("an SG-off stage must not run its SG model")
+
+
+def test_sg_off_stage_only_forwards_and_the_last_stage_sends_nothing_back():
+    parts = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)
+    before = {name: param.detach().clone() for name, param in parts[0].named_parameters()}
+    sent, sent_last = [], []
+    first = Stage(0, 2, parts[0], "dni", sent.append, lr=1e-2, lr_schedule="constant", total_steps=2,
+                  sg_model=_Unusable((16,), [], None), sg_off=True)
+    last = Stage(1, 2, parts[1], "dni", sent_last.append, lr=1e-2, lr_schedule="constant", total_steps=2, sg_off=True)
+    for step in range(2):
+        first.forward(step, 0, torch.randn(8, 16), torch.arange(8) % 5)
+        last.forward(step, 0, sent[-1].tensor, sent[-1].labels)
+    assert [m.kind for m in sent] == ["forward", "forward"] and sent_last == []
+    assert not sent[0].tensor.requires_grad and first.updates == last.updates == 2
+    for name, param in parts[0].named_parameters():  # (BatchNorm's running statistics move, as in training)
+        assert torch.equal(param, before[name]), name
