@@ -100,7 +100,7 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-hidden", type=_int_list, help=f"hidden widths of the SG model, comma separated, '' for linear (default cdni linear; dni {DEFAULT_SG_HIDDEN['dni']} for flat activations, two layers as wide as the channels or features for images and sequences)")
     train.add_argument("--sg-lr", type=float, help="Adam learning rate of the SG models (default: --lr)")
     train.add_argument("--sg-off", action="store_true", default=None,
-                       help="ablation: SG models stay zero, so only the last stage learns")
+                       help="ablation: only the last stage learns; the stages before it run their blocks forward only")
     train.add_argument("--sg-update", choices=SG_UPDATES, help=(
         "how a stage driven by its SG steps: gated (the prediction into Adam, its learning rate scaled by the "
         "measured cosine between the weight gradient the prediction gives and the one the true target gives), "
