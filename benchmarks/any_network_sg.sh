@@ -2,7 +2,7 @@
 # The SG-vs-ablation line of issue 19 under the default update rule (gated): the character GPT and the
 # residual CNN at K = 2, backprop, dni, cdni and the SG-off rows in one bench run each, then
 # benchmarks/sg_line.py. The peers' rows are in any_network.sh's folders (the update rule does not touch them).
-# Usage: bash benchmarks/any_network_sg.sh DATA_DIR   (about 25 and 20 minutes on a quiet 2-core machine)
+# Usage: bash benchmarks/any_network_sg.sh DATA_DIR   (about 16 and 23 minutes on a quiet 2-core machine)
 set -euo pipefail
 DATA=${1:?usage: any_network_sg.sh DATA_DIR}
 dni-pipeline bench --config benchmarks/configs/gpt-kjv.yaml --data-dir "$DATA" --modes backprop,dni,cdni --sg-off-rows \
