@@ -145,10 +145,9 @@ class StepTrust:
     that gradient) and the gradient the true target, when it arrives, gives the same weights.
 
     Measured on the step, in weight space, because that is what moves the stage: on the character GPT an
-    SG at cosine 0.5 to the true dL/dh gave the first stage's weights a gradient at cosine 0.0-0.2 to the
-    true one, and Adam, which moves every weight by about its learning rate, turns that into a step near
-    cosine 0. One batch's cosine is noisy (about +-0.2 there), and steps let through by a lucky average
-    cost the GPT more than they gave it, so the trust is a lower bound: the mean of the recent cosines
+    SG at cosine 0.5 to the true dL/dh gave the first stage's weights a gradient at cosine -0.07 to +0.21
+    to the true one. One batch's cosine varies by about 0.2, and a gate on the mean alone let steps through
+    that cost the GPT 0.075 bits by step 200 in a bench run, so the trust is a lower bound: the mean of the recent cosines
     (exponentially weighted) less two standard errors, clipped to [0, 1]. It is 0 until two batches have
     been measured and while the bound is below 0, so an SG that has not shown its worth drives no update
     and the stage stays where the SG-off ablation would leave it (docs/results.md, "The gated update").
