@@ -32,7 +32,7 @@ from dni_pipeline.core.text import load_kjv
 from dni_pipeline.trainer.models.gpt import gpt
 from dni_pipeline.trainer.models.resnet import resnet
 from dni_pipeline.trainer.network import build_stages, parse_arch
-from dni_pipeline.trainer.stage import SG_MOMENTUM, learning_rate
+from dni_pipeline.trainer.stage import SG_MOMENTUM, adam_step_direction, learning_rate
 from dni_pipeline.trainer.synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 
 DRIVES = ("frozen", "true-adam", "true-sgd", "paper", "calibrated", "gated")
@@ -70,19 +70,6 @@ def _batch_mean(t: torch.Tensor) -> torch.Tensor:
 def _weight_grads(h: torch.Tensor, params: list, direction: torch.Tensor) -> torch.Tensor:
     grads = torch.autograd.grad(h, params, direction, retain_graph=True, allow_unused=True, materialize_grads=True)
     return torch.cat([g.flatten() for g in grads])
-
-
-def _adam_step(optimizer: torch.optim.Adam, params: list) -> torch.Tensor:
-    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
-    steps = []
-    for p in params:
-        state = optimizer.state.get(p)
-        if not state:
-            steps.append(torch.zeros_like(p).flatten())
-            continue
-        t = float(state["step"])
-        steps.append((state["exp_avg"] / (1 - beta1**t) / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps)).flatten())
-    return torch.cat(steps)
 
 
 def _validation(stages, data, model: str) -> str:
@@ -133,7 +120,7 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
             first_optimizer.step()
             first_optimizer.zero_grad()
         if measured:  # the cosine of the step Adam now takes to the true weight gradient, as stage.py measures it
-            trust.update([_adam_step(first_optimizer, params)], [true_weights])
+            trust.update(adam_step_direction(first_optimizer, params), [true_weights])
         calibration.update(predicted, true)
         sg.regression_loss(h.detach(), y, true).backward()
         sg_optimizer.step()

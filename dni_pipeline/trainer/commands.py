@@ -102,8 +102,8 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-off", action="store_true", default=None,
                        help="ablation: only the last stage learns; the stages before it run their blocks forward only")
     train.add_argument("--sg-update", choices=SG_UPDATES, help=(
-        "how a stage driven by its SG steps: gated (the prediction into Adam, its learning rate scaled by the "
-        "measured cosine between the weight gradient the prediction gives and the one the true target gives), "
+        "how a stage driven by its SG steps: gated (the prediction into Adam, its learning rate scaled by a lower "
+        "bound on the measured cosine between Adam's step and the weight gradient the true target gives), "
         "calibrated (the prediction scaled by its measured least-squares fit to the targets that come back, "
         f"SGD with momentum) or paper (the raw prediction into Adam, as Jaderberg et al.); default {d.sg_update}"))
     train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")

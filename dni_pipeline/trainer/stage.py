@@ -32,7 +32,8 @@ from torch import nn
 from .objective import Objective
 from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 
-__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "learning_rate"]
+__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "adam_step_direction",
+           "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
@@ -52,6 +53,21 @@ class Message:
     tensor: torch.Tensor
     labels: torch.Tensor | None = None
     micro: int = 0
+
+
+def adam_step_direction(optimizer: torch.optim.Adam, params) -> list[torch.Tensor]:
+    """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
+    the root of the second), parameter by parameter; zero for a parameter it has not stepped yet."""
+    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
+    direction = []
+    for param in params:
+        state = optimizer.state.get(param)
+        if not state:
+            direction.append(torch.zeros_like(param))
+            continue
+        t = float(state["step"])
+        direction.append(state["exp_avg"] / (1 - beta1**t) / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
+    return direction
 
 
 def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -165,7 +181,7 @@ class Stage:
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, self._adam_direction())
+            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -296,22 +312,6 @@ class Stage:
         parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
                  "calibration": self.calibration, "trust": self.trust, "aux": self.aux}
         return {k: v for k, v in parts.items() if v is not None}
-
-    def _adam_direction(self) -> list[torch.Tensor]:
-        """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
-        the root of the second), parameter by parameter: the direction the trust is measured on."""
-        group = self.optimizer.param_groups[0]
-        (beta1, beta2), eps = group["betas"], group["eps"]
-        direction = []
-        for param in self.module.parameters():
-            state = self.optimizer.state.get(param)
-            if not state:
-                direction.append(torch.zeros_like(param))
-                continue
-            t = float(state["step"])
-            moment = state["exp_avg"] / (1 - beta1**t)
-            direction.append(moment / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
-        return direction
 
     def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(tensor).all():
