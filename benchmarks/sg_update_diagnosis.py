@@ -12,7 +12,9 @@ is driven by one of:
 A linear cDNI model is trained on the true targets in every run, so its fit can be read in all of them.
 Targets arrive at once (no pipeline staleness). Every 25 steps it prints the cosine between the
 prediction and the true dL/dh (activation space) and between the gradients the two give stage 0's
-weights (weight space), the share of the prediction's energy in its batch mean, the RMS of h, and every
+weights (weight space); the cosine of the step Adam then takes to the true weight gradient of the same
+batch (what `gated` measures) and of 512 held-out validation samples (data the step was not made from),
+with their means over those steps at the end; the share of the prediction's energy in its batch mean, the RMS of h, and every
 50 steps the validation loss (bits per character for the GPT, accuracy for the MNIST models).
 
     python benchmarks/sg_update_diagnosis.py --model gpt --data-dir ../shared/data --steps 300 \\
@@ -85,8 +87,21 @@ def _validation(stages, data, model: str) -> str:
     return f"val accuracy {float((out.argmax(-1) == y).float().mean()):.4f}"
 
 
+def _held_out_gradient(first, rest, params: list, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The true gradient of the validation loss on stage 0's weights (BatchNorm in eval mode, so the
+    probe leaves the running statistics alone)."""
+    for s in (first, rest):
+        s.eval()
+    grads = torch.autograd.grad(_loss(rest(first(x)), y), params, allow_unused=True, materialize_grads=True)
+    for s in (first, rest):
+        s.train()
+    return torch.cat([g.flatten() for g in grads])
+
+
 def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
     data, first, rest, batch = _setup(model, data_dir)
+    x_held, y_held = torch.from_numpy(data.x_test[:512]), torch.from_numpy(data.y_test[:512])
+    step_cosines = []  # (same batch, held out) for the step Adam takes, on reported steps
     shape = tuple(first(torch.from_numpy(data.x_train[:2])).shape[1:])
     sg = SyntheticGradient(shape, [], data.num_classes)
     sg_optimizer, rest_optimizer = torch.optim.Adam(sg.parameters(), LR), torch.optim.Adam(rest.parameters(), LR)
@@ -114,6 +129,8 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
         measured = drive == "gated" and step % TRUST_EVERY == 0
         if report or measured:
             predicted_weights, true_weights = _weight_grads(h, params, predicted), _weight_grads(h, params, true)
+        if report and drive != "frozen":
+            held_out = _held_out_gradient(first, rest, params, x_held, y_held)
         if drive != "frozen":
             direction = {"true-adam": true, "true-sgd": true, "calibrated": predicted * calibration.scale}.get(drive, predicted)
             h.backward(direction)
@@ -127,15 +144,24 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
         sg_optimizer.zero_grad()
         if report:
             line = (f"step {step:4d}  cosine activations {_cosine(predicted, true):+.3f} weights "
-                    f"{_cosine(predicted_weights, true_weights):+.3f}  batch-mean share of prediction "
-                    f"{float(_batch_mean(predicted).pow(2).sum() / (predicted.pow(2).sum() + 1e-30)):.3f} "
-                    f"(true {float(_batch_mean(true).pow(2).sum() / true.pow(2).sum()):.3f})  "
-                    f"rms h {float(h.detach().pow(2).mean().sqrt()):.3f}")
+                    f"{_cosine(predicted_weights, true_weights):+.3f}  ")
+            if drive != "frozen":
+                adam = torch.cat([d.flatten() for d in adam_step_direction(first_optimizer, params)])
+                step_cosines.append((_cosine(adam, true_weights), _cosine(adam, held_out)))
+                line += f"Adam's step to same batch {step_cosines[-1][0]:+.3f} held out {step_cosines[-1][1]:+.3f}  "
+            line += (f"batch-mean share of prediction "
+                     f"{float(_batch_mean(predicted).pow(2).sum() / (predicted.pow(2).sum() + 1e-30)):.3f} "
+                     f"(true {float(_batch_mean(true).pow(2).sum() / true.pow(2).sum()):.3f})  "
+                     f"rms h {float(h.detach().pow(2).mean().sqrt()):.3f}")
             if drive in ("calibrated", "gated"):
                 line += f"  scale {calibration.scale if drive == 'calibrated' else gate:.3f}"
             if step % 50 == 0 or step == steps - 1:
                 line += "  " + _validation((first, rest), data, model)
             print(line, flush=True)
+    if step_cosines:
+        same, held = np.mean(step_cosines, axis=0)
+        print(f"== {drive}: mean cosine of Adam's step to the same batch's true gradient {same:+.3f}, "
+              f"to the held-out one {held:+.3f}", flush=True)
 
 
 def main() -> None:
