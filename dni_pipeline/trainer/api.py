@@ -17,7 +17,7 @@ from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.ray_session import connect_ray
 from dni_pipeline.core.run_folder import RunFolder
 
-from .bench import BenchConfig, run_bench
+from .bench import BenchConfig, check_networks, run_bench
 from .config import TrainConfig, build_config
 from .data import place_data
 from .driver import check_capacity
@@ -93,7 +93,7 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
           reps: int = 3, steps: int = 60, latencies: Sequence[float] = (0.0, 20.0), target_accuracy: float = 0.97,
           tta_epochs: int = 3, eval_every: int = 25, address: str | None = None, progress: bool = True,
           **options) -> list[dict]:
-    """`dni-pipeline bench` on your model: the `modes` (and the peers single, torch-gpipe, torch-1f1b) side
+    """`dni-pipeline bench` on your model: the `modes` (and the peers single, torch-gpipe, torch-1f1b, torch-zb) side
     by side at every stage count and latency, into the folder `out` (bench.json, bench.md, plots).
     Arguments as for `train`; `split` applies when `stages` has one count."""
     if split is not None and len(stages) > 1:
@@ -110,5 +110,6 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
         placed = place_data(data)
         for network in networks.values():
             network.prepare(placed, "backprop")
+        check_networks(config, placed, networks)
         folder.create()
         return run_bench(config, placed, folder, progress=progress, network_for=networks.get)

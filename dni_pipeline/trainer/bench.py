@@ -1,11 +1,11 @@
 """`dni-pipeline bench`: modes and stage counts side by side on the same model, data and resources.
 
 Rows are the project's modes, the peers a user would pick instead (`single`, `torch-gpipe`,
-`torch-1f1b`: peers.py) and, with `sg_off_rows`, an SG-off ablation beside every SG mode. Throughput
+`torch-1f1b`, `torch-zb`: peers.py) and, with `sg_off_rows`, an SG-off ablation beside every SG mode. Throughput
 runs are interleaved (A B C A B C ...) so drift of a shared machine hits every row alike; each is a
 fixed number of steps with no probes. Time-to-accuracy runs train each row until the test accuracy
-reaches the target, at every link latency, with SG probes on. Peers run at the first latency only:
-one process cannot span two machines, and gloo's sends cannot be delayed from outside.
+reaches the target, at every link latency, with SG probes on. The torch schedules run at every latency
+(their sends delayed as the stage actors' messages are); `single` at the first only, having no links.
 """
 
 import dataclasses
@@ -23,13 +23,13 @@ from .config import TrainConfig
 from .data import PlacedData, place_data
 from .model import Network
 from .models import network_from_config
-from .peers import PEER_MODES, check_peer, train_peer
+from .peers import PEER_MODES, check_peer, peer_network, train_peer
 from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_time_to_accuracy, plot_timeline
 from .report import TrainResult
 from .stage import MODES, SG_MODES
 from .training import train_pipeline
 
-__all__ = ["BenchConfig", "bench_table", "run_bench"]
+__all__ = ["BenchConfig", "bench_table", "check_networks", "run_bench"]
 
 log = logging.getLogger("dni_pipeline.trainer")
 
@@ -82,7 +82,7 @@ class BenchConfig:
                                    sg_probe_every=self.eval_every)
 
     def runs_at(self, label: str, latency: float) -> bool:
-        return label not in PEER_MODES or latency == self.latencies[0]
+        return label != "single" or latency == self.latencies[0]
 
 
 def _run(cfg: TrainConfig, label: str, data: PlacedData, network: Network) -> TrainResult:
@@ -136,6 +136,12 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
                 log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
                          else _final(result.summary, bench))
     return results
+
+
+def check_networks(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> None:
+    """Refuse, before any run or run folder, a model that a row cannot train: torch-zb cuts it again."""
+    for k in bench.stages if "torch-zb" in bench.modes else []:
+        peer_network(dataclasses.replace(bench.base, stages=k), "torch-zb", data, networks[k])
 
 
 def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True, network_for=None) -> list[dict]:

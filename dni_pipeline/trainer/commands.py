@@ -10,7 +10,7 @@ from dni_pipeline.core.ray_session import connect_ray
 from dni_pipeline.core.run_folder import RunFolder
 from dni_pipeline.core.settings import DATA_DIR_ENV
 
-from .bench import BenchConfig, run_bench
+from .bench import BenchConfig, check_networks, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
 from .data import data_from_config, place_data
 from .driver import check_capacity
@@ -148,8 +148,9 @@ def _add_bench_command(commands) -> None:
         "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
     bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"], help=(
         "modes to compare, comma separated: the trainer's (backprop, gpipe, 1f1b, dni, cdni, dgl) and the peers "
-        "single (one PyTorch process with every core the stages reserve), torch-gpipe and torch-1f1b "
-        "(torch.distributed.pipelining on gloo, a process per stage); default backprop,gpipe,dni"))
+        "single (one PyTorch process with every core the stages reserve), torch-gpipe, torch-1f1b and torch-zb "
+        "(torch.distributed.pipelining on gloo, a process per stage; torch-zb is its interleaved zero-bubble "
+        "schedule, two stages per process); default backprop,gpipe,dni"))
     bench.add_argument("--sg-off-rows", action="store_true",
                        help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
@@ -241,6 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         for k in bench.stages:
             networks[k] = network_from_config(dataclasses.replace(bench.base, stages=k), data)
             networks[k].prepare(data, "backprop")
+        check_networks(bench, data, networks)
         folder.create()
         run_bench(bench, data, folder, progress=not args.no_progress, network_for=networks.get)
     print(folder.file("bench.md").read_text())

@@ -81,12 +81,22 @@ class Network:
     def build_all(self) -> list[nn.Module]:
         return [self.build(i) for i in range(self.num_stages)]
 
-    def for_stage(self, index: int) -> "Network":
-        """A copy that holds stage `index`'s module only: what that stage's actor is sent."""
+    def for_stage(self, *indices: int) -> "Network":
+        """A copy that holds only the modules of the stages given: what the actor running them is sent."""
         part = copy.copy(self)
         if self.modules is not None:
-            part.modules = [m if i == index else None for i, m in enumerate(self.modules)]
+            part.modules = [m if i in indices else None for i, m in enumerate(self.modules)]
         return part
+
+    def recut(self, num_stages: int) -> "Network":
+        """The same model cut into `num_stages` stages balanced by parameter count, for a schedule that
+        holds several stages per process. Only a cut nn.Sequential has the cut points to move."""
+        if self.starts is None:
+            raise UserError(f"the model cannot be cut into {num_stages} stages: it was given as stage modules or a "
+                            "factory; give it as one nn.Sequential")
+        children = [child for module in self.modules for child in module]
+        return as_network(nn.Sequential(*children), num_stages, seed=self.seed, objective=self.objective,
+                          synthetic_gradient=self.synthetic_gradient, aux_head=self.aux_head)
 
     @property
     def num_classes(self) -> int | None:

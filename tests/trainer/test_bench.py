@@ -55,11 +55,13 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--modes", "backprop,warp"], "unknown bench mode 'warp': choose from backprop, gpipe, 1f1b, dni, cdni, dgl, "
-                                   "single, torch-gpipe, torch-1f1b"),
+                                   "single, torch-gpipe, torch-1f1b, torch-zb"),
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
     (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
     (["--modes", "torch-gpipe", "--micro-batches", "5"], "is not a multiple of --micro-batches 5"),
+    (["--modes", "torch-zb", "--model", "user_models:two_stages"], "torch-zb holds two stages per process: the model "
+                                                                   "cannot be cut into 4 stages"),
 ])
 def test_bench_bad_input(tmp_path, capsys, extra, message):
     assert main(["bench", *TINY, *extra, "--out", str(tmp_path / "b")]) == 2
