@@ -88,7 +88,9 @@ class TrainConfig:
     def window(self) -> int:
         """Steps the driver lets into the pipeline before waiting for one to finish."""
         if self.mode in LOCKED_MODES:
-            return 1  # a locked step ends with every stage updated
+            # The next step is fed while one runs, so stage 0 starts it as soon as its own update is applied
+            # instead of after the driver's turn; its forwards wait for that update (Stage._may_forward).
+            return 2
         return self.max_in_flight or 2 * self.stages
 
     def validate(self) -> "TrainConfig":

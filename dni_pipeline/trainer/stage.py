@@ -134,7 +134,9 @@ class Stage:
         # modes, (detached output, labels, raw prediction) for SG regression. Bounded by the steps in flight.
         self.pending: dict[tuple[int, int], tuple] = {}
         self.backwards_done: dict[int, int] = {}  # step -> micro-batches backpropagated (locked modes)
-        self.deferred: deque = deque()  # 1F1B: forwards waiting for a backward to free a slot
+        # Locked modes: forwards that came early, in order: a next step's (fed while this one runs) until this
+        # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
+        self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
         self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, Adam's step)
         self.updates = 0
@@ -218,10 +220,18 @@ class Stage:
 
     # -- locked modes ------------------------------------------------------------------------------
     def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
-        in_flight = len(self.pending)
-        if self.mode == "1f1b" and not self.is_last and in_flight >= self.num_stages - self.index:
+        if self.deferred or not self._may_forward(step):
             self.deferred.append((step, micro, h_in, labels))
             return {}
+        return self._locked_forward_now(step, micro, h_in, labels)
+
+    def _may_forward(self, step: int) -> bool:
+        """A locked forward sees every earlier step's update (exactness), and under 1F1B holds a free slot."""
+        if step != self.updates:
+            return False
+        return not (self.mode == "1f1b" and not self.is_last and len(self.pending) >= self.num_stages - self.index)
+
+    def _locked_forward_now(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
         h_in = h_in.requires_grad_(self.index > 0)
         out = self._check("activation", step, self.module(h_in))
         if not self.is_last:
@@ -249,8 +259,11 @@ class Stage:
             self._step(step)
 
     def _run_deferred(self) -> None:
-        if self.deferred:
-            self._locked_forward(*self.deferred.popleft())
+        """After a backward: the early forwards it unblocked. Only stage 0 has them (the driver feeds it the next
+        step ahead; a later stage gets a step's forwards from a neighbour that has already applied the one
+        before), so none is a last stage's, whose scores would be lost here."""
+        while self.deferred and self._may_forward(self.deferred[0][0]):
+            self._locked_forward_now(*self.deferred.popleft())
 
     # -- evaluation and SG probes --------------------------------------------------------------------
     def evaluate(self, batch: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -171,9 +171,10 @@ def test_cosine_schedule():
     assert learning_rate(0.1, "constant", 99, 100) == 0.1
 
 
-def _simulate(mode: str, num_stages: int, micro_batches: int):
-    """Deliver messages first-in first-out between pure Stage objects, as actors would; return each
-    stage's order of forwards ("F", micro) and backwards ("B", micro), and the stages."""
+def _simulate(mode: str, num_stages: int, micro_batches: int, steps: int = 1):
+    """Deliver messages first-in first-out between pure Stage objects, as actors would, with every step fed to
+    stage 0 up front (as the driver feeds a locked step while the one before runs); return each stage's order
+    of forwards ("F", micro) and backwards ("B", micro), the stages and the batches."""
     from collections import deque
 
     layers = parse_arch(f"fc8*{num_stages}")
@@ -190,39 +191,63 @@ def _simulate(mode: str, num_stages: int, micro_batches: int):
 
     for i in range(num_stages):
         stage = Stage(i, num_stages, parts[i], mode, make_send(i), lr=1e-2, lr_schedule="constant",
-                      total_steps=1, micro_batches=micro_batches, batch_size=4 * micro_batches)
+                      total_steps=steps, micro_batches=micro_batches, batch_size=4 * micro_batches)
         original_forward, original_backward = stage.module.forward, stage._locked_backward
         stage.module.forward = lambda x, i=i, f=original_forward: (trace[i].append(("F", None)), f(x))[1]
         stage._locked_backward = lambda step, micro, grad, i=i, b=original_backward: (
             trace[i].append(("B", micro)), b(step, micro, grad))[1]
         stages.append(stage)
-    x, y = torch.rand(4 * micro_batches, 6), torch.arange(4 * micro_batches) % 3
-    for micro in range(micro_batches):
-        inbox.append((0, ("feed", micro, x[4 * micro:4 * micro + 4], y[4 * micro:4 * micro + 4])))
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4 * micro_batches, 6, generator=generator), torch.arange(4 * micro_batches) % 3)
+               for _ in range(steps)]
+    for step, (x, y) in enumerate(batches):
+        for micro in range(micro_batches):
+            inbox.append((0, ("feed", step, micro, x[4 * micro:4 * micro + 4], y[4 * micro:4 * micro + 4])))
     while inbox:
         target, message = inbox.popleft()
         if isinstance(message, tuple):
-            stages[0].forward(0, message[1], message[2], message[3])
+            stages[0].forward(*message[1:])
         elif message.kind == "forward":
-            stages[target].forward(0, message.micro, message.tensor, message.labels)
+            stages[target].forward(message.step, message.micro, message.tensor, message.labels)
         else:
-            stages[target].backward(0, message.micro, message.tensor)
-    return [["F" if op == "F" else f"B{m}" for op, m in ops] for ops in trace], stages
+            stages[target].backward(message.step, message.micro, message.tensor)
+    return [["F" if op == "F" else f"B{m}" for op, m in ops] for ops in trace], stages, batches
 
 
 def test_gpipe_schedule_runs_all_forwards_then_backwards_in_reverse():
-    trace, stages = _simulate("gpipe", num_stages=2, micro_batches=4)
+    trace, stages, _ = _simulate("gpipe", num_stages=2, micro_batches=4)
     assert trace[0] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
     assert trace[1] == ["F", "F", "F", "F", "B3", "B2", "B1", "B0"]
     assert [s.updates for s in stages] == [1, 1]
 
 
 def test_1f1b_schedule_alternates_and_bounds_activations():
-    trace, stages = _simulate("1f1b", num_stages=3, micro_batches=4)
+    trace, stages, _ = _simulate("1f1b", num_stages=3, micro_batches=4)
     assert trace[0] == ["F", "F", "F", "B0", "F", "B1", "B2", "B3"]  # at most K - 0 = 3 in flight
     assert trace[1] == ["F", "F", "B0", "F", "B1", "F", "B2", "B3"]  # at most K - 1 = 2 in flight
     assert trace[2] == ["F", "B0", "F", "B1", "F", "B2", "F", "B3"]
     assert [s.updates for s in stages] == [1, 1, 1] and not any(s.pending for s in stages)
+
+
+@pytest.mark.parametrize("mode, num_stages", [("gpipe", 2), ("1f1b", 3), ("backprop", 2)])
+def test_a_step_fed_early_waits_for_the_update_before_it(mode, num_stages):
+    """Three steps fed to stage 0 at once: each step's forwards run only after the step before is applied
+    (the same schedule three times over), and the weights and BatchNorm statistics are those of one module
+    trained on the same micro-batches (gradients accumulated to the mini-batch mean, then Adam)."""
+    micro = 1 if mode == "backprop" else 4
+    trace, stages, batches = _simulate(mode, num_stages, micro, steps=3)
+    one_step, _, _ = _simulate(mode, num_stages, micro)
+    assert all(t == one * 3 for t, one in zip(trace, one_step))
+    reference = torch.nn.Sequential(*build_stages(parse_arch(f"fc8*{num_stages}"), (6,), 3, num_stages, seed=0))
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    for x, y in batches:
+        optimizer.zero_grad()
+        for part_x, part_y in zip(x.chunk(micro), y.chunk(micro)):
+            (F.cross_entropy(reference(part_x), part_y) / micro).backward()
+        optimizer.step()
+    for got, want in zip([t for s in stages for t in s.module.state_dict().values()], reference.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert [s.updates for s in stages] == [3] * num_stages and not any(s.deferred for s in stages)
 
 
 def test_dgl_trains_an_auxiliary_head_and_sends_nothing_upstream():
