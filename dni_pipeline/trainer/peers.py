@@ -60,7 +60,8 @@ class DelayedSends:
         threading.Thread(target=self._run, daemon=True).start()
 
     def install(self) -> None:
-        """Route the schedules' batched point-to-point calls (every send they make) through the link."""
+        """Route the schedules' batched point-to-point calls (every send they make) through the link: in this
+        process's torch for the rest of its life, which is one peer run's."""
         from torch.distributed.pipelining import schedules
 
         original = schedules._batch_p2p

@@ -220,6 +220,8 @@ class Stage:
 
     # -- locked modes ------------------------------------------------------------------------------
     def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
+        if step < self.updates:  # a step already applied: a replay is a bug, not a result
+            raise self._out_of_order(step)
         if self.deferred or not self._may_forward(step):
             self.deferred.append((step, micro, h_in, labels))
             return {}
@@ -341,11 +343,14 @@ class Stage:
 
     def _step(self, step: int) -> None:
         if step != self.updates:  # each step once, in order: a replayed or skipped step is a bug, not a result
-            raise RuntimeError(f"stage {self.index} was asked to apply step {step} after {self.updates} updates")
+            raise self._out_of_order(step)
         self._set_lr(self.optimizer, self.lr * (self.trust.scale if self.trust else 1.0), step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
+
+    def _out_of_order(self, step: int) -> RuntimeError:
+        return RuntimeError(f"stage {self.index} was asked to apply step {step} after {self.updates} updates")
 
     def _scores(self, loss: torch.Tensor, out: torch.Tensor, labels: torch.Tensor) -> dict:
         """A training step's record: its (micro-batch weighted) loss and, for classifiers, correct predictions."""
