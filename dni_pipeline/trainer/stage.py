@@ -220,7 +220,7 @@ class Stage:
 
     # -- locked modes ------------------------------------------------------------------------------
     def _locked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
-        if step < self.updates:  # a step already applied: a replay is a bug, not a result
+        if not self.updates <= step <= self.updates + 1:  # replayed, or more than the one step the driver feeds ahead
             raise self._out_of_order(step)
         if self.deferred or not self._may_forward(step):
             self.deferred.append((step, micro, h_in, labels))

@@ -118,6 +118,8 @@ def test_a_stage_state_round_trips_and_a_replayed_step_is_refused(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="asked to apply step 3 after 4 updates"):
         first.forward(3, 0, x, y)
+    with pytest.raises(RuntimeError, match="asked to apply step 6 after 4 updates"):  # one step ahead at most
+        first.forward(6, 0, x, y)
 
 
 # -- stage faults on real actors ---------------------------------------------------------------------
