@@ -261,9 +261,10 @@ class Stage:
             self._step(step)
 
     def _run_deferred(self) -> None:
-        """After a backward: the early forwards it unblocked. Only stage 0 has them (the driver feeds it the next
-        step ahead; a later stage gets a step's forwards from a neighbour that has already applied the one
-        before), so none is a last stage's, whose scores would be lost here."""
+        """After a backward: the early forwards it unblocked (a next step's reach only stage 0, which the driver
+        feeds ahead; 1F1B's waits are on any stage before the last). A last stage never defers: its forwards
+        come from a neighbour that has applied the step before, and 1F1B does not bound it; so no scores are
+        lost here."""
         while self.deferred and self._may_forward(self.deferred[0][0]):
             self._locked_forward_now(*self.deferred.popleft())
 
