@@ -98,6 +98,10 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
 
 
+def _median(values: list[float | None]) -> float | None:
+    return None if None in values else round(statistics.median(values), 4)
+
+
 def _median_per_stage(rows: list[list[float] | None]) -> list[float] | None:
     return None if rows[0] is None else [round(statistics.median(col), 4) for col in zip(*rows)]
 
@@ -171,9 +175,18 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
                 "transport_fraction": _median_per_stage([s["transport_fraction"] for s in summaries]),
                 "median_transit_ms": (None if summaries[0]["median_transit_ms"] is None
                                       else statistics.median(s["median_transit_ms"] for s in summaries)),
+                "host_cpu_busy": _median([s["host_cpu_busy"] for s in summaries]),
                 "latency_ms": base_latency,
                 "samples_per_sec_by_latency": {
                     f"{x:g}": _spread([r.summary["samples_per_sec"] for r in throughput[(x, k, label)]])
+                    for x in bench.latencies if bench.runs_at(label, x)
+                },
+                "stage_utilization_by_latency": {
+                    f"{x:g}": _median_per_stage([r.summary["stage_utilization"] for r in throughput[(x, k, label)]])
+                    for x in bench.latencies if bench.runs_at(label, x)
+                },
+                "host_cpu_busy_by_latency": {
+                    f"{x:g}": _median([r.summary["host_cpu_busy"] for r in throughput[(x, k, label)]])
                     for x in bench.latencies if bench.runs_at(label, x)
                 },
             }
@@ -212,7 +225,7 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
     latencies = [f"{x:g}" for x in bench.latencies]
     tokens = entries[0]["tokens_per_sec"] is not None
     head = ["mode", "K", "samples/s (median [min, max])", *(["tokens/s"] if tokens else []), "vs single", "vs backprop",
-            "vs gpipe", "stage utilization", "bubble measured / formula", "transport / compute"]
+            "vs gpipe", "stage utilization", "bubble measured / formula", "transport / compute", "host CPU busy"]
     head += [f"kept at {x} ms" for x in latencies[1:]]
     if bench.tta_epochs:
         head += [f"s to {bench.target_config().target_text()} at {x} ms" for x in latencies]
@@ -225,7 +238,8 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
                _ratio(e["vs_single"]), _ratio(e["vs_backprop"]), _ratio(e["vs_gpipe"]),
                _joined(e["stage_utilization"], "{:.2f}"),
                "-" if e["bubble_measured"] is None else f"{e['bubble_measured']:.2f} / {e['bubble_formula']:.2f}",
-               _joined(e["transport_fraction"], "{:.1%}")]
+               _joined(e["transport_fraction"], "{:.1%}"),
+               "-" if e["host_cpu_busy"] is None else f"{e['host_cpu_busy']:.0%}"]
         row += [f"{by_latency[x]['median'] / rate['median']:.0%}" if x in by_latency else "-" for x in latencies[1:]]
         if bench.tta_epochs:
             for x in latencies:

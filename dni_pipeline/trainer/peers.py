@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dni_pipeline.core.errors import UserError
+from dni_pipeline.core.host import CpuBusy
 
 from .config import TrainConfig
 from .data import PlacedData, place_data
@@ -203,6 +204,9 @@ def check_peer(cfg: TrainConfig, mode: str) -> None:
     if mode != "single" and cfg.batch_size % cfg.micro_batches:
         raise UserError(f"{mode} splits the batch evenly: --batch-size {cfg.batch_size} is not a multiple of "
                         f"--micro-batches {cfg.micro_batches}")
+    if mode == "torch-1f1b" and cfg.micro_batches < cfg.stages:
+        raise UserError(f"torch-1f1b needs at least as many micro-batches as stages (PyTorch's Schedule1F1B): use "
+                        f"--micro-batches {cfg.stages} or more for {cfg.stages} stages")
     if mode == "torch-zb":
         if cfg.split:
             raise UserError("torch-zb cuts the model into two stages per process itself: drop --split for its row")
@@ -247,12 +251,14 @@ def train_peer(cfg: TrainConfig, mode: str, data, network: Network | None = None
             address, port = ray.get(processes[0].endpoint.remote())
             ray.get([p.join.remote(address, port) for p in processes])
         train_seconds, step, evals, reached = 0.0, 0, [], None
+        host = CpuBusy()
         epochs = -(-total // steps_per_epoch)  # each epoch's shuffle once, as the driver does
         orders = [batch_order(data.num_train, cfg.batch_size, epoch, cfg.seed) for epoch in range(epochs)]
         while step < total and reached is None:
             end = min(total, step + every)
             batches = [orders[s // steps_per_epoch][s % steps_per_epoch] for s in range(step, end)]
-            train_seconds += max(ray.get([p.train.remote(step, batches) for p in processes]))
+            with host:
+                train_seconds += max(ray.get([p.train.remote(step, batches) for p in processes]))
             step = end
             weights = ray.get([p.weights.remote() for p in processes])
             evaluator.load_state_dict({k: v for w in weights for k, v in w.items()}, strict=True)
@@ -279,7 +285,7 @@ def train_peer(cfg: TrainConfig, mode: str, data, network: Network | None = None
         # GPipe's and 1F1B's idle share; the zero-bubble schedule fills it with weight gradients (no closed form)
         "bubble_formula": (0.0 if mode == "single" else None if mode == "torch-zb"
                            else round((cfg.stages - 1) / (micro + cfg.stages - 1), 4)),
-        "transport_fraction": None, "median_transit_ms": None,
+        "transport_fraction": None, "median_transit_ms": None, "host_cpu_busy": host.share,
         "link_latency_ms": 0.0 if mode == "single" else cfg.link_latency_ms,
         # the delay each send measured on its way out (torch schedules with link latency)
         "send_delay_ms": None if not delays else {"messages": len(delays), "min": round(min(delays) * 1e3, 2),

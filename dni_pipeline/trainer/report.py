@@ -94,7 +94,8 @@ def tokens_per_sec(data, samples: int, seconds: float) -> float | None:
 
 
 def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: str | None,
-              stage_updates: list[int], session_seconds: float, evals: list[dict], wall_seconds: float) -> dict:
+              stage_updates: list[int], session_seconds: float, evals: list[dict], wall_seconds: float,
+              host_cpu_busy: float | None = None) -> dict:
     """summary.json: the run's outcome, its counters over every resume, and this session's timeline figures."""
     events = driver.events
     utilization, transport = _utilization(events, cfg.stages, session_seconds)
@@ -125,6 +126,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "bubble_formula": round(bubble_formula(cfg), 4),
         "transport_fraction": transport,
         "median_transit_ms": round(1000 * float(np.median(transits)), 3) if transits else None,
+        "host_cpu_busy": host_cpu_busy,  # the driver's node, this session's training: near 1.0, the host paced the run
         "link_latency_ms": cfg.link_latency_ms,
         "target_accuracy": cfg.target_accuracy,
         "target_bits": cfg.target_bits,

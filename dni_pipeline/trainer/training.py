@@ -14,6 +14,7 @@ import ray
 from tqdm import tqdm
 
 from dni_pipeline.core.errors import JobInterrupted, UserError
+from dni_pipeline.core.host import CpuBusy
 from dni_pipeline.core.run_folder import RunFolder
 
 from .checkpoints import CheckpointStore
@@ -65,6 +66,7 @@ def train_pipeline(cfg: TrainConfig, data, folder: RunFolder | None = None, resu
     state = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "wall_seconds": 0.0, "trained_steps": 0,
              "time_to_target": None, "recoveries": [], "resumes": 0}
     steps, evals, checkpoint, stopped_by, session_seconds, wall_offset = [], [], None, None, 0.0, 0.0
+    host = CpuBusy()  # this node's cores while training (not evaluating or checkpointing), every process's work
     # Ctrl-C ends a run with a folder cleanly (a checkpoint to resume from); without one it stops at once.
     catch_interrupt = folder is not None and threading.current_thread() is threading.main_thread()
     interrupt_handler = signal.getsignal(signal.SIGINT)
@@ -113,7 +115,8 @@ def train_pipeline(cfg: TrainConfig, data, folder: RunFolder | None = None, resu
                     break
                 try:
                     first = driver.next_step
-                    seconds = driver.train_until(todo[0], bar)
+                    with host:
+                        seconds = driver.train_until(todo[0], bar)
                     state["train_seconds"] += seconds
                     state["trained_steps"] += driver.next_step - first
                     session_seconds += seconds
@@ -145,7 +148,7 @@ def train_pipeline(cfg: TrainConfig, data, folder: RunFolder | None = None, resu
             signal.signal(signal.SIGINT, interrupt_handler)
         driver.close()
     summary = summarize(cfg, driver.data.name, driver, state, stopped_by, stage_updates, session_seconds, evals,
-                       wall_offset + time.time() - wall_start)
+                       wall_offset + time.time() - wall_start, host.share)
     return TrainResult(summary, steps, evals, driver.events, weights)
 
 

@@ -35,6 +35,7 @@ def test_peer_trains_the_same_network_as_the_matching_locked_mode(ray_session, p
 @pytest.mark.parametrize("peer, changes, message", [
     ("torch-gpipe", {"batch_size": 66}, "is not a multiple of --micro-batches 4"),
     ("torch-1f1b", {"stages": 1}, "needs at least 2 stages"),
+    ("torch-1f1b", {"stages": 4, "micro_batches": 2}, "use --micro-batches 4 or more"),
     ("warp", {}, "unknown peer mode 'warp'"),
     ("torch-zb", {"split": [3]}, "drop --split for its row"),
     ("torch-zb", {"micro_batches": 5, "batch_size": 60}, "a multiple of 2"),
