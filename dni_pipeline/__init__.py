@@ -4,12 +4,13 @@ The public API, imported on first use (so `dni-pipeline cluster stop` never load
 
 - `train(model, data, mode=..., stages=..., **options)` and `bench(model, data, out=..., modes=...)`;
 - `TrainResult` (what `train` returns) and `UserError` (every bad input);
-- the built-in models `gpt` (a character GPT) and `resnet` (a pre-activation ResNet), and `load_dataset`.
+- the built-in models `gpt` (a character GPT), `resnet` (a pre-activation ResNet) and `emulated` (stages
+  whose compute is a stated wait, standing in for K devices), and `load_dataset`.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainResult", "UserError", "bench", "gpt", "load_dataset", "resnet", "train"]
+__all__ = ["TrainResult", "UserError", "bench", "emulated", "gpt", "load_dataset", "resnet", "train"]
 
 
 def __getattr__(name: str):
@@ -21,7 +22,7 @@ def __getattr__(name: str):
         from dni_pipeline.trainer.report import TrainResult
 
         return TrainResult
-    if name in ("gpt", "resnet"):
+    if name in ("emulated", "gpt", "resnet"):
         from dni_pipeline.trainer import models
 
         return models.BUILTIN_MODELS[name]

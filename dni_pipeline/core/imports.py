@@ -64,7 +64,7 @@ def user_code_modules(objects) -> set[str]:
             names |= user_code_modules(obj)
         elif isinstance(obj, functools.partial):
             names |= user_code_modules([obj.func, *obj.args, *obj.keywords.values()])
-        elif hasattr(obj, "named_modules"):  # a torch module: its own classes and those of its children
+        elif hasattr(obj, "named_modules") and not isinstance(obj, type):  # a torch module: its classes and its children's
             names |= {type(m).__module__ for m in obj.modules()}
         else:
             names.add(getattr(obj, "__module__", None) or type(obj).__module__)

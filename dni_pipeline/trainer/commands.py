@@ -64,7 +64,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The user's own model and data (train and bench)."""
     p.add_argument("--model", help=(
-        "the network: a built-in (gpt: a character GPT; resnet: a pre-activation ResNet) or an import path "
+        "the network: a built-in (gpt: a character GPT; resnet: a pre-activation ResNet; emulated: stages whose "
+        "compute is a stated wait, standing in for K devices) or an import path "
         "package.module:function returning an nn.Sequential, a list of stage modules or a factory "
         "build_stage(index, num_stages); its keyword options come from the config file's model_options "
         "(default: --arch)"))

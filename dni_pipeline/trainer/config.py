@@ -25,7 +25,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     arch: str = "fcn3"
-    model: str | None = None  # a built-in model (gpt, resnet) or an import path package.module:function; None: arch
+    model: str | None = None  # a built-in model (gpt, resnet, emulated) or an import path package.module:function; None: arch
     model_options: dict = field(default_factory=dict)  # keyword arguments of the model function
     split: list[int] | None = None  # first child of each stage after the first; None: arch's, or balanced by parameters
     data: str | None = None  # import path of a data function (run on the cluster); None: dataset

@@ -21,7 +21,7 @@ from dni_pipeline.core.datasets import Dataset, load_dataset
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.imports import import_object, send_by_value, user_code_modules
 
-__all__ = ["PlacedData", "as_dataset", "check_labels", "data_from_config", "place_data"]
+__all__ = ["PlacedData", "as_dataset", "check_labels", "data_from_config", "describe", "place_data"]
 
 SAMPLE = 4  # samples the driver keeps to probe the model with
 
@@ -131,6 +131,12 @@ def place_data(data) -> PlacedData:
         return PlacedData(refs=refs, **info)
     data = as_dataset(data)
     return PlacedData(refs=[ray.put(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)], **_info(data))
+
+
+def describe(data: Dataset) -> PlacedData:
+    """What building and probing a model needs to know of a dataset, with nothing in the object store
+    (no Ray): for measuring a model in one process."""
+    return PlacedData(refs=[], **_info(data))
 
 
 def check_labels(output: torch.Tensor, labels: np.ndarray, label_range: tuple[int, int] | None) -> None:

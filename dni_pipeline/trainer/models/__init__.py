@@ -3,7 +3,10 @@ path ``package.module:function``, called with the config's ``model_options``) or
 
 A model function returns what the API takes: an nn.Sequential (cut by ``--split`` or balanced by
 parameter count), a list of stage modules, or a factory ``build_stage(index, num_stages)``. Parameters
-named ``input_shape`` and ``num_classes`` that the options leave out are filled from the data.
+named ``input_shape`` and ``num_classes`` that the options leave out are filled from the data, and
+``num_stages`` and ``batch_size`` from the config. A model may carry its own SG-model and auxiliary-head
+factories as attributes ``synthetic_gradient`` and ``aux_head`` (``fn(shape, num_classes)``, as the API
+takes them), as the emulated devices' model does.
 """
 
 import inspect
@@ -17,12 +20,13 @@ from ..config import TrainConfig
 from ..data import PlacedData
 from ..model import Network, as_network
 from ..network import arch_model, arch_starts
+from .emulated import emulated
 from .gpt import gpt
 from .resnet import resnet
 
 __all__ = ["BUILTIN_MODELS", "model_function", "network_from_config"]
 
-BUILTIN_MODELS = {"gpt": gpt, "resnet": resnet}
+BUILTIN_MODELS = {"emulated": emulated, "gpt": gpt, "resnet": resnet}
 
 
 def model_function(name: str):
@@ -42,8 +46,9 @@ def network_from_config(cfg: TrainConfig, data: PlacedData) -> Network:
     else:
         function, options, split = model_function(cfg.model), dict(cfg.model_options), cfg.split
     taken = inspect.signature(function).parameters
-    from_data = {"input_shape": tuple(data.sample_x.shape[1:]), "num_classes": data.num_classes}
-    options.update({k: v for k, v in from_data.items() if k in taken and k not in options})
+    filled = {"input_shape": tuple(data.sample_x.shape[1:]), "num_classes": data.num_classes,
+              "num_stages": cfg.stages, "batch_size": cfg.batch_size}
+    options.update({k: v for k, v in filled.items() if k in taken and k not in options})
     torch.manual_seed(cfg.seed)
     try:
         model = function(**options)
@@ -52,4 +57,6 @@ def network_from_config(cfg: TrainConfig, data: PlacedData) -> Network:
     except Exception as exc:
         raise UserError(f"--model {cfg.model} raised {type(exc).__name__}: {exc}: fix the model function or its "
                         "options") from None
-    return as_network(model, cfg.stages, split=split, seed=cfg.seed)
+    return as_network(model, cfg.stages, split=split, seed=cfg.seed,
+                      synthetic_gradient=getattr(model, "synthetic_gradient", None),
+                      aux_head=getattr(model, "aux_head", None))
