@@ -46,12 +46,13 @@ class Ledger:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def report(self, event: dict, generation: int) -> None:
+    async def report(self, events: list[dict], generation: int) -> None:
         if generation != self.generation:
             return
-        self.events.append(event)
-        self.counts[event["kind"]][event["stage"]] += 1
-        self.counts["update"][event["stage"]] += event["updates"]
+        for event in events:
+            self.events.append(event)
+            self.counts[event["kind"]][event["stage"]] += 1
+            self.counts["update"][event["stage"]] += event["updates"]
         await self._notify()
 
     async def fail(self, message: str, generation: int) -> None:
@@ -134,6 +135,10 @@ class StageActor:
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
         self.store = CheckpointStore(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         self.generation = 0  # messages of another generation (from before a rollback) are dropped
+        # Events go to the ledger together, once one changes a count the driver waits on (an update, an SG
+        # target used, an evaluation or probe): one call a step instead of one a message.
+        self.unreported: list[dict] = []
+        self.sg_targets = cfg.mode in SG_MODES and not cfg.sg_off
         with warnings.catch_warnings():  # the property reads a deprecated one inside Ray
             warnings.simplefilter("ignore", DeprecationWarning)
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
@@ -168,7 +173,7 @@ class StageActor:
         """Take the state of `file` and start `generation`. Always from the file: even a stage that applied no
         update since has run forwards since, which moved its BatchNorm statistics."""
         self.stage.load_state_dict(self.store.load(file, sha256))
-        self.generation = generation
+        self.generation, self.unreported = generation, []
         return self.ping()
 
     def _reload_latest(self) -> None:
@@ -266,11 +271,13 @@ class StageActor:
             self.ledger.fail.remote(f"stage {self.index} failed on {kind} of step {step}:\n{traceback.format_exc()}",
                                     generation)
             raise
-        self.ledger.report.remote({
-            "stage": self.index, "kind": kind, "step": step, "micro": micro, "start": start, "end": time.time(),
-            "transit": None if sent_at is None else start - sent_at,
-            "transport": self.transport_seconds, "updates": self.stage.updates - updates, **metrics,
-        }, generation)
+        event = {"stage": self.index, "kind": kind, "step": step, "micro": micro, "start": start, "end": time.time(),
+                 "transit": None if sent_at is None else start - sent_at,
+                 "transport": self.transport_seconds, "updates": self.stage.updates - updates, **metrics}
+        self.unreported.append(event)
+        if event["updates"] or kind not in ("forward", "backward") or (kind == "backward" and self.sg_targets):
+            self.ledger.report.remote(self.unreported, generation)
+            self.unreported = []
 
 
 BACKWARD_KINDS = ("backward", "probe_backward")
