@@ -134,7 +134,7 @@ def _cells(folder: Path) -> dict[tuple, dict]:
 def formula_rate(options: dict, row: str, k: int, micro: int, batch: int) -> float | None:
     """Samples/s a locked schedule would reach with no messaging cost: a step is (M + K - 1) micro-batch
     slots (K for backprop) of one stage's forward and backward, each call waiting as the emulated model does."""
-    if row.split(" ")[0] not in ("backprop", "gpipe", "1f1b", "torch-gpipe", "torch-1f1b"):
+    if row.split(" ")[0] not in LOCKED or row.startswith("torch-zb"):  # zero bubble has no closed form
         return None
     m = 1 if row == "backprop" else micro
     fixed = options.get("fixed_share", 0.0)

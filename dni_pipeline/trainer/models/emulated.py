@@ -111,6 +111,13 @@ def emulated(num_classes: int, num_stages: int, batch_size: int, *, shape: list[
     a list of one per stage). The returned model carries the matching SG and auxiliary-head factories."""
     forwards = _per_stage(forward_ms, num_stages, "forward_ms")
     backwards = _per_stage(backward_ms, num_stages, "backward_ms")
+    for name, value in (("sg_forward_ms", sg_forward_ms), ("sg_backward_ms", sg_backward_ms),
+                        ("aux_forward_ms", aux_forward_ms), ("aux_backward_ms", aux_backward_ms)):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} is one number of milliseconds, 0 or more (got {value})")
+    for name, share in (("input_grad_share", input_grad_share), ("fixed_share", fixed_share)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"{name} is a share of a call's time, in [0, 1] (got {share})")
     children = []
     for k, (f, b) in enumerate(zip(forwards, backwards)):
         out = _logits_shape(tuple(shape), num_classes) if k == num_stages - 1 else tuple(shape)
