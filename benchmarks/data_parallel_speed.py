@@ -28,7 +28,7 @@ from diffusion.job import DIFFUSION_JOB, DiffusionJobConfig, build_denoiser
 from diffusion.trainer import DiffusionTrainConfig, Trainer
 from dni_pipeline.core.data_parallel import run_data_parallel
 from dni_pipeline.core.jobs import submit_job
-from dni_pipeline.core.ray_session import Resources
+from dni_pipeline.core.ray_session import Resources, start_local_ray
 from kg.datasets import load_kg, with_reciprocals
 from kg.job import KG_JOB, KGJobConfig
 from kg.models import build_model
@@ -111,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.cores)
     args.out.mkdir(parents=True)
-    ray.init(num_cpus=args.cores, include_dashboard=True)  # Ray Train's controller polls its state API
+    start_local_ray(args.cores, include_dashboard=True)  # Ray Train's controller polls its state API
     results = {"cores": args.cores, "link_gbps": args.link_gbps, "ddpm_mnist": diffusion(args, args.out),
                "kg_" + args.kg_dataset: kg(args, args.out)}
     (args.out / "data_parallel_speed.json").write_text(json.dumps(results, indent=2))

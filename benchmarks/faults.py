@@ -23,6 +23,7 @@ import ray
 
 from dni_pipeline.core.datasets import load_dataset
 from dni_pipeline.core.files import write_json_atomic
+from dni_pipeline.core.ray_session import start_local_ray
 from dni_pipeline.core.run_folder import RunFolder
 from dni_pipeline.trainer.config import TrainConfig
 from dni_pipeline.trainer.training import train_pipeline
@@ -143,7 +144,7 @@ def main() -> None:
                       batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                       stall_timeout=args.stall_timeout).validate()
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(4, include_dashboard=False, log_to_driver=False)
     rows = [
         in_process(args, cfg, data, "none", None),
         in_process(args, cfg, data, "stage killed", lambda: ray.kill(stage_actor(1), no_restart=False)),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dni_pipeline.core.datasets import load_dataset
+from dni_pipeline.core.ray_session import start_local_ray
 from dni_pipeline.trainer.config import TrainConfig
 from dni_pipeline.trainer.network import build_stages, parse_arch
 from dni_pipeline.trainer.peers import train_peer
@@ -83,7 +84,7 @@ def main() -> None:
     data = load_dataset("mnist", args.data_dir)
     base = TrainConfig(dataset="mnist", arch="fc1024*8", stages=2, batch_size=256, micro_batches=4,
                        max_steps=args.steps, eval_every=args.steps, sg_probe_every=0).validate()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(2, include_dashboard=False, log_to_driver=False)
     rows: dict[str, list] = {}
     alone = []
     for _ in range(args.reps):

@@ -17,7 +17,9 @@ def ray_session():
     tests can check what tasks reserve; nothing here runs CUDA), shut down at the end."""
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    from dni_pipeline.core.ray_session import start_local_ray
+
+    start_local_ray(4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -10,11 +10,18 @@ from dataclasses import dataclass
 
 from .errors import UserError
 
-__all__ = ["STAGE_SLOT", "Resources", "check_task_resources", "connect_ray", "require_resources"]
+__all__ = ["INLINE_BYTES", "STAGE_SLOT", "Resources", "check_task_resources", "connect_ray",
+           "inline_system_config", "require_resources", "start_local_ray"]
 
 log = logging.getLogger("dni_pipeline.core")
 
 STAGE_SLOT = "stage_slot"  # custom resource a cluster's nodes offer: one per place a stage actor may run
+
+# Ray passes a task's arguments up to this size inside the call instead of through the object store. Its
+# default (100 KiB) sends the bench model's 256 KiB micro-batch activations through the store: a call between
+# two actors on one machine took 3.2 ms that way and 2.0-2.7 ms inline, while at 512 KiB inline was no longer
+# faster (benchmarks/inline_threshold.py; docs/bench.md).
+INLINE_BYTES = 384 * 1024
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,25 @@ def connect_ray(address: str | None, cpus_needed: float, dashboard: bool = False
         cores = os.cpu_count() or 1
         if cpus_needed > cores:
             log.info("%g CPUs requested on a %d-core machine: the stages will share cores", cpus_needed, cores)
-        # "local": always a new Ray of our own, even where `ray start` left /tmp/ray/ray_current_cluster behind.
-        ray.init(address="local", num_cpus=max(cores, int(-(-cpus_needed // 1))), include_dashboard=dashboard,
-                 log_to_driver=True)
+        start_local_ray(max(cores, int(-(-cpus_needed // 1))), include_dashboard=dashboard, log_to_driver=True)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def inline_system_config() -> dict:
+    """Ray's system config for a Ray this project starts (passing arrays up to INLINE_BYTES inside the call);
+    empty where the user has set RAY_max_direct_call_object_size, which would otherwise be overridden."""
+    return {} if "RAY_max_direct_call_object_size" in os.environ else {"max_direct_call_object_size": INLINE_BYTES}
+
+
+def start_local_ray(num_cpus: float, **options) -> None:
+    """A new Ray of our own on this machine ("local": even where `ray start` left /tmp/ray/ray_current_cluster
+    behind) with `inline_system_config`. A cluster this joins keeps its own settings."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, _system_config=inline_system_config(), **options)
 
 
 def require_resources(needs: dict[str, float], fix: str) -> None:

@@ -20,13 +20,19 @@ from pathlib import Path
 
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.files import write_json_atomic
-from dni_pipeline.core.ray_session import STAGE_SLOT
+from dni_pipeline.core.ray_session import STAGE_SLOT, inline_system_config
 
 __all__ = ["auth_env", "auth_headers", "start", "status", "stop"]
 
 STATE_FILE = "cluster.json"
 PER_NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-grpc-port",
                   "dashboard-agent-listen-port", "runtime-env-agent-port")
+
+
+def _system_config_flags() -> list[str]:
+    """The head's Ray settings (the worker nodes take them from it): those of a local Ray of this project."""
+    config = inline_system_config()
+    return ["--system-config", json.dumps(config)] if config else []
 
 
 def auth_env() -> dict[str, str]:
@@ -133,7 +139,7 @@ def start(folder: Path, *, workers: int = 2, cpus_per_worker: float = 1, gpus_pe
         launched.append(_launch([
             "--head", "--port", str(port), "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "true",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--ray-client-server-port",
-            str(client_port), *_node_flags(0, ports, object_store_mb)], folder / "head.log"))
+            str(client_port), *_node_flags(0, ports, object_store_mb), *_system_config_flags()], folder / "head.log"))
         state["pids"] = [p.pid for p in launched]
         write_json_atomic(folder / STATE_FILE, state)
         _wait_for_nodes(state["address"], launched, 1, timeout, folder / "head.log")
