@@ -110,6 +110,26 @@ def test_last_stage_sends_the_true_input_gradient():
     assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-6) and metrics["count"] == 8
 
 
+@pytest.mark.parametrize("mode", ["backprop", "1f1b"])
+def test_a_locked_stage_sends_its_input_gradient_before_its_weight_gradients(mode):
+    """The stage before starts its backward sooner; the update that follows is one full backward's Adam step."""
+    block = build_stages(parse_arch("fc16*2"), (16,), 5, 2, seed=1)[1]
+    reference = copy.deepcopy(block)
+    sent = []
+    stage = Stage(1, 2, block, mode, lambda m: sent.append((m, [p.grad for p in block.parameters()])), lr=1e-2,
+                  lr_schedule="constant", total_steps=1)
+    h_in, labels = torch.randn(8, 16), torch.arange(8) % 5
+    stage.forward(0, 0, h_in.clone(), labels)
+    x = h_in.clone().requires_grad_()
+    F.cross_entropy(reference(x), labels).backward()
+    (message, grads_when_sent), = sent
+    assert all(g is None for g in grads_when_sent)
+    torch.testing.assert_close(message.tensor, x.grad, rtol=1e-6, atol=1e-8)
+    torch.optim.Adam(reference.parameters(), lr=1e-2).step()
+    for got, want in zip(block.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+
+
 def test_conditioned_sg_depends_on_the_label():
     sg = SyntheticGradient((16,), [], num_classes=5)
     _randomize_last_layer(sg)
