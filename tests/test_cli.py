@@ -49,7 +49,7 @@ def test_config_file_with_flags_overriding(ray_session, tmp_path):
 
 BAD_INPUTS = [
     (["--mode", "sideways"], "invalid mode 'sideways'"),
-    (["--stages", "3"], "--stages 3 is more than the 2 hidden layers"),
+    (["--stages", "4"], "--stages 4 is more than the 2 hidden layers and the head"),
     (["--batch-size", "1"], "--batch-size must be at least 2"),
     (["--arch", "fc16,conv8"], "conv layer after an fc layer"),
     (["--stages", "abc"], "invalid int value"),

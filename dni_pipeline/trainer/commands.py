@@ -43,7 +43,8 @@ def _float_list(text: str) -> list[float]:
 
 def add_stages_and_epochs(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default {d.stages})")
+    p.add_argument("--stages", type=int, help=f"K, the number of stage actors the network is split into (default "
+                   f"{d.stages}); with --arch, one more than its hidden layers puts the head on a stage of its own")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
 
 

@@ -141,9 +141,10 @@ class TrainConfig:
         if self.model is None:
             layers = parse_arch(self.arch)
             need(
-                self.stages <= len(layers),
-                f"--stages {self.stages} is more than the {len(layers)} hidden layers of --arch '{self.arch}': "
-                f"use at most {len(layers)} stages or a deeper --arch",
+                self.stages <= len(layers) + 1,
+                f"--stages {self.stages} is more than the {len(layers)} hidden layers and the head of --arch "
+                f"'{self.arch}': use at most {len(layers) + 1} stages (that many puts the head on its own) or a "
+                "deeper --arch",
             )
         return self
 

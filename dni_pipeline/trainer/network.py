@@ -3,7 +3,7 @@
 Layer tokens, comma separated: ``fc256`` (Linear + BatchNorm1d + ReLU), ``conv128`` (5x5 same-padded
 Conv2d + BatchNorm2d + ReLU), ``conv128p`` (the same followed by a 3x3 stride-2 max pool), and ``*N``
 to repeat a token (``fc1024*4``). Presets name the paper's networks. A linear classifier head is
-appended to the last stage.
+appended to the last stage, or is the last stage alone when there is one stage more than blocks.
 """
 
 import math
@@ -108,8 +108,16 @@ def _model(layers: list[LayerSpec], input_shape: tuple[int, ...], num_classes: i
 
 
 def arch_starts(arch: str, num_stages: int) -> list[int]:
-    """Where `--arch`'s stages begin: balanced by layer count, the head with the last block."""
-    return _split_points(len(parse_arch(arch)), num_stages)[:-1]
+    """Where `--arch`'s stages begin (see `_starts`)."""
+    return _starts(len(parse_arch(arch)), num_stages)
+
+
+def _starts(num_layers: int, num_stages: int) -> list[int]:
+    """Stage starts: balanced by block count, the head with the last block; with one stage more than
+    blocks, every block on its own and the head on the last (every hidden layer decoupled, as in the paper)."""
+    if num_stages == num_layers + 1:
+        return list(range(1, num_layers + 1))
+    return _split_points(num_layers, num_stages)[:-1]
 
 
 def build_stages(
@@ -117,20 +125,21 @@ def build_stages(
 ) -> list[nn.Sequential]:
     """Build the whole network from ``seed`` (so every process builds identical weights) and split it.
 
-    Stage k holds a contiguous run of hidden blocks; the last stage also holds the classifier head.
+    Stage k holds a contiguous run of hidden blocks; the last stage also holds the classifier head, or
+    only the head when there is one stage more than blocks.
     """
-    if not 1 <= num_stages <= len(layers):
+    if not 1 <= num_stages <= len(layers) + 1:
         raise UserError(
-            f"--stages {num_stages} does not fit {len(layers)} hidden layers: "
-            f"use 1..{len(layers)} stages or add layers to --arch"
+            f"--stages {num_stages} does not fit {len(layers)} hidden layers and the head: "
+            f"use 1..{len(layers) + 1} stages or add layers to --arch"
         )
     torch.manual_seed(seed)
     children = list(_model(layers, tuple(input_shape), num_classes))
-    bounds = [0, *_split_points(len(layers), num_stages)[:-1], len(children)]
+    bounds = [0, *_starts(len(layers), num_stages), len(children)]
     return [nn.Sequential(*children[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 def stage_output_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...], num_stages: int) -> list[tuple]:
     """Per-sample output shape of every stage but the last (the shapes the synthetic gradients predict)."""
     shapes = _shapes(layers, input_shape)
-    return [shapes[stop] for stop in _split_points(len(layers), num_stages)[:-1]]
+    return [shapes[stop] for stop in _starts(len(layers), num_stages)]

@@ -56,7 +56,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--modes", "backprop,warp"], "unknown bench mode 'warp': choose from backprop, gpipe, 1f1b, dni, cdni, dgl, "
                                    "single, torch-gpipe, torch-1f1b, torch-zb"),
-    (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers"),
+    (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers and the head"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
     (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
     (["--modes", "torch-gpipe", "--micro-batches", "5"], "is not a multiple of --micro-batches 5"),
@@ -74,4 +74,4 @@ def test_bench_config_validates_every_mode_and_stage_count():
     bench = BenchConfig(base, modes=["single", "gpipe", "cdni", "dgl"], stages=[2, 3], sg_off_rows=True).validate()
     assert bench.rows() == ["single", "gpipe", "cdni", "cdni sg-off", "dgl"]
     with pytest.raises(Exception, match="more than the 3 hidden layers"):
-        BenchConfig(base, stages=[4]).validate()
+        BenchConfig(base, stages=[5]).validate()

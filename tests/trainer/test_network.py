@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dni_pipeline.core.errors import UserError
-from dni_pipeline.trainer.network import LayerSpec, build_stages, parse_arch, stage_output_shapes
+from dni_pipeline.trainer.network import LayerSpec, arch_starts, build_stages, parse_arch, stage_output_shapes
 
 
 def test_presets_and_repeat_syntax():
@@ -22,6 +22,15 @@ def test_split_is_contiguous_balanced_and_head_on_last_stage():
     assert linears == [[8, 8, 8], [8, 8, 3]]  # 5 layers -> 3 + 2, then the 3-class head
 
 
+def test_one_stage_more_than_blocks_puts_the_head_on_its_own():
+    layers = parse_arch("fc8*3")
+    stages = build_stages(layers, (4,), 3, num_stages=4, seed=0)
+    linears = [[m.out_features for m in s.modules() if isinstance(m, torch.nn.Linear)] for s in stages]
+    assert linears == [[8], [8], [8], [3]]
+    assert stage_output_shapes(layers, (4,), 4) == [(8,), (8,), (8,)]  # the head's stage is fed the last block's output
+    assert arch_starts("fc8*3", 4) == [1, 2, 3] and arch_starts("fc8*3", 3) == [1, 2]
+
+
 def test_same_seed_same_weights_and_stage_shapes():
     layers = parse_arch("conv4p,conv4,fc16")
     a = build_stages(layers, (1, 8, 8), 10, 3, seed=7)
@@ -36,5 +45,5 @@ def test_same_seed_same_weights_and_stage_shapes():
 
 
 def test_more_stages_than_layers_is_refused():
-    with pytest.raises(UserError, match="--stages 4 does not fit 3 hidden layers"):
-        build_stages(parse_arch("fcn3"), (4,), 2, num_stages=4, seed=0)
+    with pytest.raises(UserError, match="--stages 5 does not fit 3 hidden layers and the head"):
+        build_stages(parse_arch("fcn3"), (4,), 2, num_stages=5, seed=0)

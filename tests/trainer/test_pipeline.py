@@ -35,9 +35,10 @@ def _reference_training(cfg: TrainConfig, data) -> list[dict]:
     return [s.state_dict() for s in stages]
 
 
-@pytest.mark.parametrize("mode", ["backprop", "gpipe", "1f1b"])
-def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode, tmp_path):
-    cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=3, epochs=2, lr=3e-3, micro_batches=3,
+@pytest.mark.parametrize("mode, stages", [("backprop", 3), ("gpipe", 3), ("1f1b", 3), ("1f1b", 4)])
+def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode, stages, tmp_path):
+    """Stage 4 of 4 holds the head alone (every hidden layer on its own stage)."""
+    cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=stages, epochs=2, lr=3e-3, micro_batches=3,
                       checkpoint_dir=str(tmp_path)).validate()  # 256 = 86 + 85 + 85: unequal micro-batches on purpose
     data = load_dataset("synthetic", None)
     driver = Driver(cfg, data)
@@ -49,7 +50,7 @@ def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode, 
     finally:
         driver.close()
     expected = _reference_training(cfg, data)
-    assert len(states) == 3
+    assert len(states) == stages
     for got, want in zip(states, expected):
         assert got.keys() == want.keys()
         for name in want:
