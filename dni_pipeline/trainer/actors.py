@@ -6,6 +6,7 @@ it made them, so stage i sees stage i-1's batches in step order, and a stage nev
 """
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -190,10 +191,12 @@ class StageActor:
                 "device": str(self.device), "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
 
     # -- messages from the driver (stage 0 only) -------------------------------------------------
-    def feed(self, step: int, micro: int, indices: np.ndarray, generation: int) -> None:
-        x, y = self._batch("train", indices)
-        x = self._poisoned(step, x)
-        self._handle("forward", step, micro, None, generation, lambda: self.stage.forward(step, micro, x, y))
+    def feed(self, step: int, parts: list[np.ndarray], generation: int) -> None:
+        """A step's micro-batches (index arrays), in one call: a locked step is M forwards but one message."""
+        for micro, indices in enumerate(parts):
+            x, y = self._batch("train", indices)
+            self._handle("forward", step, micro, None, generation,
+                         functools.partial(self.stage.forward, step, micro, self._poisoned(step, x), y))
 
     def feed_eval(self, batch: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("eval", indices)

@@ -149,8 +149,7 @@ class Driver:
                 finished = self.wait([("update", done_stage, step - window + 1)])["update"][done_stage]
                 progress.update(finished - progress.n)
             indices = self.batch(step)
-            for micro, part in enumerate(np.array_split(indices, cfg.resolved_micro_batches())):
-                self.stages[0].feed.remote(step, micro, part, self.generation)
+            self.stages[0].feed.remote(step, np.array_split(indices, cfg.resolved_micro_batches()), self.generation)
             if probing and step % cfg.sg_probe_every == 0:
                 self.stages[0].feed_probe.remote(step, indices, self.generation)
                 self.probes += 1
