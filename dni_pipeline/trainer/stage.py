@@ -256,7 +256,7 @@ class Stage:
         """Gradients accumulate over the micro-batches of the step. A stage with a stage before it computes
         its input gradient first and sends it, then its weight gradients (the split PyTorch's zero-bubble
         schedules make, with its functions): the stage before starts its backward one weight-gradient pass
-        sooner, which on 1F1B's critical path hides most of a message's latency. Same gradients."""
+        sooner, which on 1F1B's critical path hides part of a message's latency. Same gradients."""
         h_in, out = self.pending.pop((step, micro))
         if self.index == 0:
             out.backward(grad)
