@@ -95,7 +95,7 @@ def tokens_per_sec(data, samples: int, seconds: float) -> float | None:
 
 def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: str | None,
               stage_updates: list[int], session_seconds: float, evals: list[dict], wall_seconds: float,
-              host_cpu_busy: float | None = None) -> dict:
+              host_cpu_busy: float | None) -> dict:
     """summary.json: the run's outcome, its counters over every resume, and this session's timeline figures."""
     events = driver.events
     utilization, transport = _utilization(events, cfg.stages, session_seconds)

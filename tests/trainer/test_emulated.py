@@ -59,8 +59,10 @@ def test_the_model_has_two_half_blocks_a_stage_and_logits_per_position_for_a_seq
     assert waits == [5, 5, 10, 10, 15, 15]
     with pytest.raises(ValueError, match="one per stage"):
         emulated(num_classes=7, num_stages=3, batch_size=4, forward_ms=[10, 20])
-    with pytest.raises(ValueError, match=r"sg_backward_ms is one number of milliseconds, 0 or more \(got -1\)"):
+    with pytest.raises(ValueError, match=r"sg_backward_ms is a number of milliseconds, 0 or more \(got -1\)"):
         emulated(num_classes=7, num_stages=3, batch_size=4, sg_backward_ms=-1)
+    with pytest.raises(ValueError, match=r"forward_ms is a number of milliseconds, 0 or more \(got 'fast'\)"):
+        emulated(num_classes=7, num_stages=3, batch_size=4, forward_ms=[10, "fast", 30])
     with pytest.raises(ValueError, match=r"fixed_share is a share of a call's time, in \[0, 1\] \(got 1.5\)"):
         emulated(num_classes=7, num_stages=3, batch_size=4, fixed_share=1.5)
 

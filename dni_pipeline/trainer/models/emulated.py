@@ -94,11 +94,17 @@ def _logits_shape(shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
     return (*shape[:-1], num_classes) if len(shape) == 2 else (num_classes,)
 
 
+def _milliseconds(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} is a number of milliseconds, 0 or more (got {value!r})")
+    return float(value)
+
+
 def _per_stage(value: float | list[float], num_stages: int, name: str) -> list[float]:
     values = list(value) if isinstance(value, (list, tuple)) else [value] * num_stages
-    if len(values) != num_stages or any(v < 0 for v in values):
-        raise ValueError(f"{name} needs one value of 0 or more, or one per stage ({num_stages}), got {value}")
-    return [float(v) for v in values]
+    if len(values) != num_stages:
+        raise ValueError(f"{name} needs one value, or one per stage ({num_stages}), got {value}")
+    return [_milliseconds(v, name) for v in values]
 
 
 def emulated(num_classes: int, num_stages: int, batch_size: int, *, shape: list[int] = (1024,),
@@ -113,8 +119,7 @@ def emulated(num_classes: int, num_stages: int, batch_size: int, *, shape: list[
     backwards = _per_stage(backward_ms, num_stages, "backward_ms")
     for name, value in (("sg_forward_ms", sg_forward_ms), ("sg_backward_ms", sg_backward_ms),
                         ("aux_forward_ms", aux_forward_ms), ("aux_backward_ms", aux_backward_ms)):
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name} is one number of milliseconds, 0 or more (got {value})")
+        _milliseconds(value, name)
     for name, share in (("input_grad_share", input_grad_share), ("fixed_share", fixed_share)):
         if not 0 <= share <= 1:
             raise ValueError(f"{name} is a share of a call's time, in [0, 1] (got {share})")
