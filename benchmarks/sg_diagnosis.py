@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dni_pipeline.core.datasets import load_dataset
-from dni_pipeline.trainer.driver import batch_order
+from dni_pipeline.trainer.data import batch_order
 from dni_pipeline.trainer.network import build_stages, parse_arch, stage_output_shapes
 from dni_pipeline.trainer.stage import learning_rate
 from dni_pipeline.trainer.synthetic_gradients import SyntheticGradient

@@ -21,6 +21,7 @@ import torch
 
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
+from .data import StepBatches
 from .model import Network
 from .stage import SG_MODES, Message, NonFiniteError, Stage
 
@@ -35,7 +36,7 @@ class Ledger:
     the driver when a count it waits for is reached (or a stage has failed)."""
 
     def __init__(self, num_stages: int):
-        kinds = ("forward", "backward", "eval", "probe", "probe_backward", "update")
+        kinds = ("forward", "backward", "synthetic", "eval", "probe", "probe_backward", "update")
         self.counts = {kind: [0] * num_stages for kind in kinds}
         self.generation = 0  # reports of an earlier generation (before a rollback) are dropped
         self.events: list[dict] = []
@@ -70,9 +71,9 @@ class Ledger:
         async with self._condition():
             self._condition().notify_all()
 
-    async def wait(self, targets: list[tuple[str, int, int]], timeout: float) -> dict:
-        """Return when every (kind, stage, count) is reached, a stage failed, or `timeout` passed."""
-        reached = lambda: all(self.counts[k][s] >= n for k, s, n in targets)  # noqa: E731
+    async def wait(self, targets: list[tuple[str, int, int]], timeout: float, any_of: bool = False) -> dict:
+        """Return when every (kind, stage, count) is reached (`any_of`: one), a stage failed, or `timeout` passed."""
+        reached = lambda: (any if any_of else all)(self.counts[k][s] >= n for k, s, n in targets)  # noqa: E731
         try:
             async with self._condition():
                 await asyncio.wait_for(self._condition().wait_for(lambda: reached() or self.error), timeout)
@@ -126,18 +127,27 @@ class StageActor:
                 sg_model = sg_model.to(self.device)
             elif cfg.mode == "dgl":
                 aux_head = network.build_aux_head(index, cfg.aux_hidden).to(self.device)
+        input_model = None
+        if cfg.synthetic_inputs and index > 0:
+            torch.manual_seed(cfg.seed + 1000 + index)
+            input_model = network.build_synthetic_input(index, cfg.resolved_input_hidden(network.input_shape(index)))
+            input_model = input_model.to(self.device)
+        self.synthetic_inputs = cfg.synthetic_inputs
+        self.batching = (cfg.batch_size, cfg.seed)  # under synthetic inputs: to find a real input's batch
         self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
                           total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
                           batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
                           sg_off=cfg.sg_off, sg_update=cfg.sg_update, sg_update_lr=cfg.sg_update_lr,
-                          sg_trust_every=cfg.sg_trust_every, aux_head=aux_head, objective=network.objective)
+                          sg_trust_every=cfg.sg_trust_every, aux_head=aux_head, objective=network.objective,
+                          input_model=input_model)
         self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
         self.store = CheckpointStore(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         self.generation = 0  # messages of another generation (from before a rollback) are dropped
         # Events go to the ledger together, once one changes a count the driver waits on (an update, an SG
-        # target used, an evaluation or probe): one call a step instead of one a message.
+        # target used, a real input under synthetic inputs, an evaluation or probe): one call a step instead of
+        # one a message.
         self.unreported: list[dict] = []
         self.sg_targets = cfg.mode in SG_MODES and not cfg.sg_off
         with warnings.catch_warnings():  # the property reads a deprecated one inside Ray
@@ -153,8 +163,10 @@ class StageActor:
         self.prev, self.next, self.ledger = prev, next, ledger
 
     def attach_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
-        """Stage 0's data, from the driver's object store (again after a restart, like `connect`)."""
+        """Stage 0's data (every stage's under synthetic inputs), from the driver's object store (again after a
+        restart, like `connect`)."""
         self.data = {"train": (x_train, y_train), "eval": (x_test, y_test)}
+        self.batches = StepBatches(len(x_train), *self.batching)
 
     def weights(self) -> dict:
         """The stage module's state dict, on the CPU: a piece of the trained model's."""
@@ -192,11 +204,23 @@ class StageActor:
 
     # -- messages from the driver (stage 0 only) -------------------------------------------------
     def feed(self, step: int, parts: list[np.ndarray], generation: int) -> None:
-        """A step's micro-batches (index arrays), in one call: a locked step is M forwards but one message."""
+        """A step's micro-batches (index arrays), in one call: a locked step is M forwards but one message. Under
+        synthetic inputs every stage is fed, and this is its update step."""
+        if self.synthetic_inputs:
+            x, y = self._batch("train", parts[0])
+            self._handle("synthetic", step, 0, None, generation,
+                         lambda: self.stage.synthetic_step(step, self._poisoned(step, x), y))
+            return
         for micro, indices in enumerate(parts):
             x, y = self._batch("train", indices)
             self._handle("forward", step, micro, None, generation,
                          functools.partial(self.stage.forward, step, micro, self._poisoned(step, x), y))
+
+    def relay(self, step: int, indices: np.ndarray, generation: int) -> None:
+        """Synthetic inputs, stage 0: start a step's real inputs through the pipeline (its update was `feed`)."""
+        x, y = self._batch("train", indices)
+        x = self._poisoned(step, x)
+        self._handle("forward", step, 0, None, generation, lambda: self.stage.real_input(step, 0, x, y, x))
 
     def feed_eval(self, batch: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("eval", indices)
@@ -209,6 +233,11 @@ class StageActor:
     # -- messages from the neighbours ------------------------------------------------------------
     def forward(self, step: int, micro: int, h: np.ndarray, labels: np.ndarray, sent_at: float, generation: int) -> None:
         h = self._poisoned(step, self._tensor(h))
+        if self.synthetic_inputs:  # the real input of a step: the input model's target for its batch
+            x, _ = self._batch("train", self.batches[step])
+            self._handle("forward", step, micro, sent_at, generation,
+                         lambda: self.stage.real_input(step, micro, h, self._tensor(labels), x))
+            return
         self._handle("forward", step, micro, sent_at, generation,
                      lambda: self.stage.forward(step, micro, h, self._tensor(labels)))
 
@@ -264,7 +293,7 @@ class StageActor:
             return
         start, updates, self.transport_seconds = time.time(), self.stage.updates, 0.0
         try:
-            if self.delay and kind in ("forward", "backward"):
+            if self.delay and kind in ("forward", "backward", "synthetic"):
                 time.sleep(self.delay)  # an emulated slower device: its results come out later
             metrics = work()
         except NonFiniteError as exc:
@@ -278,7 +307,8 @@ class StageActor:
                  "transit": None if sent_at is None else start - sent_at,
                  "transport": self.transport_seconds, "updates": self.stage.updates - updates, **metrics}
         self.unreported.append(event)
-        if event["updates"] or kind not in ("forward", "backward") or (kind == "backward" and self.sg_targets):
+        waited_on = kind == "backward" and self.sg_targets or kind == "forward" and self.synthetic_inputs
+        if event["updates"] or kind not in ("forward", "backward") or waited_on:
             self.ledger.report.remote(self.unreported, generation)
             self.unreported = []
 

@@ -34,6 +34,7 @@ __all__ = ["BenchConfig", "bench_table", "check_networks", "run_bench"]
 log = logging.getLogger("dni_pipeline.trainer")
 
 SG_OFF = " sg-off"  # the suffix of an ablation row's label
+SYNTHETIC_INPUTS = "+si"  # the suffix of an SG mode with synthetic inputs: "cdni+si", the complete unlock
 
 
 @dataclass
@@ -53,15 +54,16 @@ class BenchConfig:
 
     def validate(self) -> "BenchConfig":
         for mode in self.modes:
-            if mode not in MODES + PEER_MODES:
-                raise UserError(f"unknown bench mode '{mode}': choose from {', '.join(MODES + PEER_MODES)}")
+            if mode.removesuffix(SYNTHETIC_INPUTS) not in MODES + PEER_MODES:
+                raise UserError(f"unknown bench mode '{mode}': choose from {', '.join(MODES + PEER_MODES)}, or dni+si, "
+                                "cdni+si (with synthetic inputs)")
         for k in self.stages:
             for mode in self.modes:
                 cfg = dataclasses.replace(self.base, stages=k)
                 if mode in PEER_MODES:
                     check_peer(cfg.validate(), mode)
                 else:
-                    dataclasses.replace(cfg, mode=mode).validate()
+                    _train_config(cfg, mode).validate()
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
         self.target_config().validate()
@@ -85,12 +87,17 @@ class BenchConfig:
         return label != "single" or latency == self.latencies[0]
 
 
+def _train_config(cfg: TrainConfig, label: str) -> TrainConfig:
+    """The trainer's config of a row: its mode, with its SG-off ablation or synthetic inputs."""
+    mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS)
+    return dataclasses.replace(cfg, mode=mode, sg_off=label.endswith(SG_OFF),
+                               synthetic_inputs=label.endswith(SYNTHETIC_INPUTS))
+
+
 def _run(cfg: TrainConfig, label: str, data: PlacedData, network: Network) -> TrainResult:
     if label in PEER_MODES:
         return train_peer(cfg, label, data, network)
-    mode = label.removesuffix(SG_OFF)
-    return train_pipeline(dataclasses.replace(cfg, mode=mode, sg_off=label != mode), data, progress=False,
-                          network=network)
+    return train_pipeline(_train_config(cfg, label), data, progress=False, network=network)
 
 
 def _spread(values: list[float]) -> dict:
@@ -169,6 +176,7 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
                 "tokens_per_sec": (None if summaries[0]["tokens_per_sec"] is None
                                    else round(statistics.median(s["tokens_per_sec"] for s in summaries), 1)),
                 "stage_utilization": _median_per_stage([s["stage_utilization"] for s in summaries]),
+                "stage_update_rate": _median_per_stage([s.get("stage_update_rate") for s in summaries]),
                 "bubble_measured": (None if summaries[0]["bubble_measured"] is None
                                     else round(statistics.median(s["bubble_measured"] for s in summaries), 4)),
                 "bubble_formula": summaries[0]["bubble_formula"],
@@ -225,7 +233,8 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
     latencies = [f"{x:g}" for x in bench.latencies]
     tokens = entries[0]["tokens_per_sec"] is not None
     head = ["mode", "K", "samples/s (median [min, max])", *(["tokens/s"] if tokens else []), "vs single", "vs backprop",
-            "vs gpipe", "stage utilization", "bubble measured / formula", "transport / compute", "host CPU busy"]
+            "vs gpipe", "stage utilization", "updates/s per stage", "bubble measured / formula", "transport / compute",
+            "host CPU busy"]
     head += [f"kept at {x} ms" for x in latencies[1:]]
     if bench.tta_epochs:
         head += [f"s to {bench.target_config().target_text()} at {x} ms" for x in latencies]
@@ -236,7 +245,7 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
         row = [e["mode"], str(e["stages"]), f"{rate['median']:.0f} [{rate['min']:.0f}, {rate['max']:.0f}]",
                *([f"{e['tokens_per_sec']:.0f}"] if tokens else []),
                _ratio(e["vs_single"]), _ratio(e["vs_backprop"]), _ratio(e["vs_gpipe"]),
-               _joined(e["stage_utilization"], "{:.2f}"),
+               _joined(e["stage_utilization"], "{:.2f}"), _joined(e["stage_update_rate"], "{:.1f}"),
                "-" if e["bubble_measured"] is None else f"{e['bubble_measured']:.2f} / {e['bubble_formula']:.2f}",
                _joined(e["transport_fraction"], "{:.1%}"),
                "-" if e["host_cpu_busy"] is None else f"{e['host_cpu_busy']:.0%}"]

@@ -112,6 +112,12 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-trust-every", type=int, help=(
         "under --sg-update gated, steps between the batches on which a stage measures its SG step against the true "
         f"one (each costs one more backward of the block); default {d.sg_trust_every}"))
+    train.add_argument("--synthetic-inputs", action="store_true", default=None, help=(
+        "dni and cdni: the complete unlock; every stage after the first also learns to predict its input from the "
+        "batch's data, computes and updates on that prediction as soon as the driver hands it the batch, and waits for "
+        "no other stage (the real inputs train the input models; see docs/training.md)"))
+    train.add_argument("--input-hidden", type=_int_list,
+                       help="hidden widths of the synthetic-input models, comma separated (default two as wide as the activation)")
     train.add_argument("--sg-probe-every", type=int, help=f"steps between measurements of each SG's cosine similarity to the true gradient, 0 never (default {d.sg_probe_every})")
     train.add_argument("--aux-hidden", type=_int_list,
                        help="hidden widths of dgl's auxiliary classifiers, comma separated (default linear)")
@@ -126,7 +132,8 @@ def _add_train_command(commands) -> None:
     train.add_argument("--link-latency-ms", type=float,
                        help="delay added to every message between stages, emulating links between machines (default 0)")
     train.add_argument("--max-in-flight", type=int,
-                       help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1)")
+                       help="steps the driver lets into the pipeline before waiting (default 2K; backprop is always 1); under "
+                            "--synthetic-inputs, the steps each stage may be fed ahead and the real inputs in flight")
     train.add_argument("--stage-delay-ms", type=_float_list,
                        help="extra milliseconds per training message at each stage, comma separated (emulates slower devices)")
     train.add_argument("--checkpoint-dir", help="where every stage saves its checkpoints: a path or URI all nodes can reach (default RUN/checkpoints)")
@@ -152,7 +159,8 @@ def _add_bench_command(commands) -> None:
         "modes to compare, comma separated: the trainer's (backprop, gpipe, 1f1b, dni, cdni, dgl) and the peers "
         "single (one PyTorch process with every core the stages reserve), torch-gpipe, torch-1f1b and torch-zb "
         "(torch.distributed.pipelining on gloo, a process per stage; torch-zb is its interleaved zero-bubble "
-        "schedule, two stages per process); default backprop,gpipe,dni"))
+        "schedule, two stages per process); dni+si and cdni+si are those with --synthetic-inputs (the complete "
+        "unlock); default backprop,gpipe,dni"))
     bench.add_argument("--sg-off-rows", action="store_true",
                        help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")

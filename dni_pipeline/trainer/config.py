@@ -8,7 +8,8 @@ from dni_pipeline.core.datasets import DATASETS
 from dni_pipeline.core.errors import UserError
 
 from .network import parse_arch
-from .stage import LOCKED_MODES, MODES, SG_UPDATES
+from .stage import LOCKED_MODES, MODES, SG_MODES, SG_UPDATES
+from .synthetic_inputs import default_input_hidden
 
 __all__ = ["DEFAULT_SG_HIDDEN", "TrainConfig", "build_config"]
 
@@ -39,6 +40,8 @@ class TrainConfig:
     sg_update: str = "gated"  # how an SG-driven stage steps: gated (Adam, lr x trust), calibrated (SGD), paper (Adam)
     sg_update_lr: float = 0.05  # SGD learning rate of SG-driven stages under sg_update calibrated
     sg_trust_every: int = 4  # gated: steps between measurements of the SG step's cosine to the true one
+    synthetic_inputs: bool = False  # dni, cdni: every stage after the first also predicts its input (complete unlock)
+    input_hidden: list[int] | None = None  # hidden widths of the input models; None: two as wide as the activation
     sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
     aux_hidden: list[int] = field(default_factory=list)  # DGL auxiliary classifier; empty: linear
     micro_batches: int = 4  # gpipe and 1f1b
@@ -72,6 +75,9 @@ class TrainConfig:
             return DEFAULT_SG_HIDDEN.get(self.mode, [])
         width = shape[0] if len(shape) == 3 else shape[-1]
         return [width, width]
+
+    def resolved_input_hidden(self, shape: tuple[int, ...]) -> list[int]:
+        return default_input_hidden(shape) if self.input_hidden is None else self.input_hidden
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
@@ -124,8 +130,14 @@ class TrainConfig:
              f"--target-accuracy is a fraction in (0, 1] (got {self.target_accuracy})")
         need(self.target_bits is None or self.target_bits > 0, f"--target-bits must be positive (got {self.target_bits})")
         need(self.target_bits is None or self.target_accuracy is None, "give --target-accuracy or --target-bits, not both")
-        need(all(w > 0 for w in (self.sg_hidden or []) + self.aux_hidden),
-             "--sg-hidden and --aux-hidden widths must be positive")
+        need(all(w > 0 for w in (self.sg_hidden or []) + self.aux_hidden + (self.input_hidden or [])),
+             "--sg-hidden, --aux-hidden and --input-hidden widths must be positive")
+        if self.synthetic_inputs:
+            need(self.mode in SG_MODES, f"--synthetic-inputs needs synthetic gradients: use --mode dni or cdni (got "
+                                        f"{self.mode}, whose stages wait for their inputs by design)")
+            need(self.stages >= 2, "--synthetic-inputs needs at least 2 stages: the first has no stage to wait for")
+            need(not self.sg_off, "--synthetic-inputs with --sg-off: the SG-off ablation freezes the stages that would "
+                                  "use the input models; run the ablation without --synthetic-inputs")
         need(
             not self.stage_delay_ms or len(self.stage_delay_ms) == self.stages,
             f"--stage-delay-ms needs one value per stage ({self.stages}), got {len(self.stage_delay_ms)}",

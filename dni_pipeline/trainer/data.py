@@ -21,9 +21,33 @@ from dni_pipeline.core.datasets import Dataset, load_dataset
 from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.imports import import_object, send_by_value, user_code_modules
 
-__all__ = ["PlacedData", "as_dataset", "check_labels", "data_from_config", "describe", "place_data"]
+__all__ = ["PlacedData", "StepBatches", "as_dataset", "batch_order", "check_labels", "data_from_config", "describe", "place_data"]
 
 SAMPLE = 4  # samples the driver keeps to probe the model with
+
+
+def batch_order(num_samples: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
+    """Index arrays of one epoch's mini-batches: a fresh seeded shuffle, the last partial batch dropped."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    full = num_samples // batch_size
+    return [perm[i * batch_size : (i + 1) * batch_size] for i in range(full)]
+
+
+class StepBatches:
+    """The mini-batch (indices) of every global step: each epoch a fresh seeded shuffle. The driver and, under
+    synthetic inputs, every stage find a step's batch here, so a real input is paired with its own data."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.per_epoch = num_samples // batch_size
+        self.orders: dict[int, list[np.ndarray]] = {}  # the two latest epochs: steps of both are in flight at a turn
+
+    def __getitem__(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch not in self.orders:
+            self.orders = {e: o for e, o in self.orders.items() if e == epoch - 1}
+            self.orders[epoch] = batch_order(self.num_samples, self.batch_size, epoch, self.seed)
+        return self.orders[epoch][i]
 
 
 def _array(value, what: str) -> np.ndarray:

@@ -18,25 +18,18 @@ from dni_pipeline.core.ray_session import STAGE_SLOT, require_resources
 
 from .actors import Ledger, StageActor
 from .config import TrainConfig
-from .data import PlacedData, place_data
+from .data import PlacedData, StepBatches, place_data
 from .model import Network
 from .models import network_from_config
 from .objective import scores_to_metrics
 from .recovery import PipelineError, StageWatch, get_each
 from .stage import LOCKED_MODES, SG_MODES
 
-__all__ = ["Driver", "batch_order", "check_capacity"]
+__all__ = ["Driver", "check_capacity"]
 
 log = logging.getLogger("dni_pipeline.trainer")
 
 POLL_SECONDS = 1.0  # how often the driver looks at the stages while it waits
-
-
-def batch_order(num_samples: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
-    """Index arrays of one epoch's mini-batches: a fresh seeded shuffle, the last partial batch dropped."""
-    perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
-    full = num_samples // batch_size
-    return [perm[i * batch_size : (i + 1) * batch_size] for i in range(full)]
 
 
 def check_capacity(cfg: TrainConfig) -> None:
@@ -67,7 +60,7 @@ class Driver:
         self.cfg = cfg
         self.data: PlacedData = place_data(data)
         self.network = network or network_from_config(cfg, self.data)
-        self.network.prepare(self.data, cfg.mode)
+        self.network.prepare(self.data, cfg.mode, cfg.synthetic_inputs)
         self.steps_per_epoch = self.data.num_train // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.data.num_train} training samples: lower it")
@@ -94,7 +87,7 @@ class Driver:
         self.events: list[dict] = []
         self.checkpoint_events = 0  # events before the last checkpoint: those after it are redone on a rollback
         self.next_step = self.evaluated_batches = self.probes = 0
-        self.order_epoch, self.order = -1, []
+        self.batches = StepBatches(self.data.num_train, cfg.batch_size, cfg.seed)
         self.last_counts: dict | None = None
         self.stop_requested = False
 
@@ -103,18 +96,21 @@ class Driver:
             ray.kill(actor)
 
     def connect(self) -> None:
-        """Neighbours and data: what a stage actor is given after its constructor, so also after a restart."""
-        ray.get([self.stages[0].attach_data.remote(*self.data.refs)] + [
+        """Neighbours and data (stage 0's, every stage's under synthetic inputs): what a stage actor is given after
+        its constructor, so also after a restart."""
+        fed = self.stages if self.cfg.synthetic_inputs else self.stages[:1]
+        ray.get([stage.attach_data.remote(*self.data.refs) for stage in fed] + [
             stage.connect.remote(self.stages[i - 1] if i else None, self.stages[i + 1] if i + 1 < self.cfg.stages else None,
                                  self.ledger)
             for i, stage in enumerate(self.stages)
         ])
 
-    def wait(self, targets: list[tuple[str, int, int]]) -> dict:
-        """Block until the ledger reports the targets; raise if a stage failed, was lost, or nothing moves."""
+    def wait(self, targets: list[tuple[str, int, int]], any_of: bool = False) -> dict:
+        """Block until the ledger reports the targets (or, `any_of`, one of them); raise if a stage failed, was
+        lost, or nothing moves."""
         last_progress = time.monotonic()
         while True:
-            status = ray.get(self.ledger.wait.remote(targets, POLL_SECONDS))
+            status = ray.get(self.ledger.wait.remote(targets, POLL_SECONDS, any_of))
             if status["error"]:
                 raise PipelineError(status["error"])
             if status["done"]:
@@ -126,17 +122,11 @@ class Driver:
                 raise PipelineError(f"no stage made progress for {2 * self.cfg.stall_timeout:g} s while all answer "
                                     f"pings (counts {status['counts']})")
 
-    def batch(self, step: int) -> np.ndarray:
-        """Indices of a global step's mini-batch (each epoch a fresh seeded shuffle)."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if self.order_epoch != epoch:
-            self.order = batch_order(self.data.num_train, self.cfg.batch_size, epoch, self.cfg.seed)
-            self.order_epoch = epoch
-        return self.order[i]
-
     def train_until(self, end_step: int, progress: tqdm) -> float:
         """Feed steps up to `end_step` (fewer once a stop is requested) with at most `window` in flight,
         then drain; return the seconds."""
+        if self.cfg.synthetic_inputs:
+            return self._train_unlocked_inputs(end_step, progress)
         cfg, window = self.cfg, self.cfg.window()
         # The stage that finishes a step last: stage 0 after a locked flush, else the last stage.
         done_stage = 0 if cfg.mode in LOCKED_MODES else cfg.stages - 1
@@ -148,7 +138,7 @@ class Driver:
             if step - finished >= window:
                 finished = self.wait([("update", done_stage, step - window + 1)])["update"][done_stage]
                 progress.update(finished - progress.n)
-            indices = self.batch(step)
+            indices = self.batches[step]
             self.stages[0].feed.remote(step, np.array_split(indices, cfg.resolved_micro_batches()), self.generation)
             if probing and step % cfg.sg_probe_every == 0:
                 self.stages[0].feed_probe.remote(step, indices, self.generation)
@@ -163,6 +153,44 @@ class Driver:
         self.wait(targets)
         progress.update(fed - progress.n)
         self.next_step = fed
+        return time.time() - start
+
+    def _train_unlocked_inputs(self, end_step: int, progress: tqdm) -> float:
+        """Synthetic inputs: every stage is fed every step, its update, and waits for no other; each has at most
+        `window` steps fed and not yet applied, so a fast stage runs ahead of a slow one at its own rate. The
+        real inputs are a stream of their own: stage 0 relays each step's data through the pipeline, with at
+        most `window` steps not yet through the last stage. So every queue stays bounded, the real activations
+        and SG targets come at the pace of the slowest stage, and no update waits for them; a segment ends
+        when every stage has applied its steps and every real input has been through."""
+        cfg, window, last = self.cfg, self.cfg.window(), self.cfg.stages - 1
+        counts = self.last_counts = ray.get(self.ledger.wait.remote([], 0))["counts"]
+        fed, relayed, start = [self.next_step] * cfg.stages, self.next_step, time.time()
+        while min(fed + [relayed]) < end_step:
+            if self.stop_requested:  # the streams behind catch up with the one furthest on: all stop at one step
+                end_step = max(fed + [relayed])
+            for i, stage in enumerate(self.stages):
+                while fed[i] < end_step and fed[i] - counts["update"][i] < window:
+                    stage.feed.remote(fed[i], [self.batches[fed[i]]], self.generation)
+                    fed[i] += 1
+            while relayed < end_step and relayed - counts["forward"][last] < window:
+                self.stages[0].relay.remote(relayed, self.batches[relayed], self.generation)
+                if cfg.sg_probe_every and relayed % cfg.sg_probe_every == 0:
+                    self.stages[0].feed_probe.remote(relayed, self.batches[relayed], self.generation)
+                    self.probes += 1
+                relayed += 1
+            waiting = [("update", i, fed[i] - window + 1) for i in range(cfg.stages) if fed[i] < end_step]
+            if relayed < end_step:
+                waiting.append(("forward", last, relayed - window + 1))
+            if waiting:
+                counts = self.wait(waiting, any_of=True)
+                progress.update(min(counts["update"]) - progress.n)
+        targets = [("update", s, end_step) for s in range(cfg.stages)] + [("forward", s, end_step) for s in range(cfg.stages)]
+        targets += [("backward", s, end_step) for s in range(last)]
+        if self.probes:
+            targets.append(("probe_backward", 0, self.probes))
+        self.wait(targets)
+        progress.update(end_step - progress.n)
+        self.next_step = end_step
         return time.time() - start
 
     def drain_events(self) -> list[dict]:

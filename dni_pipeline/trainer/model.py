@@ -27,6 +27,7 @@ from dni_pipeline.core.imports import send_by_value, user_code_modules
 from .data import PlacedData, check_labels
 from .objective import Objective
 from .synthetic_gradients import SyntheticGradient, UserSyntheticGradient
+from .synthetic_inputs import SyntheticInput
 
 __all__ = ["Network", "as_network", "balanced_starts", "stage_seed"]
 
@@ -106,6 +107,9 @@ class Network:
     def output_shape(self, index: int) -> tuple:
         return self.boundaries[index + 1][0]
 
+    def input_shape(self, index: int) -> tuple:
+        return self.boundaries[index][0]
+
     def whole_state_dict(self, stage_states: list[dict]) -> dict:
         """The stages' state dicts as one that loads into the whole model: the cut Sequential, or
         ``nn.Sequential(*stages)`` for a list or factory."""
@@ -151,9 +155,9 @@ class Network:
         self.boundaries = [(tuple(t.shape[1:]), t.dtype) for t in [sample, *outputs]]
         return outputs
 
-    def prepare(self, data: PlacedData, mode: str) -> None:
+    def prepare(self, data: PlacedData, mode: str, synthetic_inputs: bool = False) -> None:
         """Check that the model runs on the data and pickles (once: probing records the boundaries), and
-        that `mode` can run on it."""
+        that `mode` (with its input models) can run on it."""
         if self.boundaries is None:
             outputs = self.probe(torch.tensor(data.sample_x))
             if self.objective.classifies:
@@ -162,6 +166,11 @@ class Network:
         if mode == "cdni" and self.synthetic_gradient is None and not self.objective.classifies:
             raise UserError("cdni conditions its SG models on class labels, and a custom loss has none: use dni, "
                             "or give a synthetic_gradient factory")
+        for index in range(1, self.num_stages) if synthetic_inputs else ():
+            try:
+                self.build_synthetic_input(index, [])
+            except ValueError as exc:
+                raise UserError(f"--synthetic-inputs for stage {index}: {exc}; or run without --synthetic-inputs") from None
         if mode == "dgl" and self.aux_head is None and not self.objective.classifies:
             raise UserError("dgl's default auxiliary head is a classifier, and a custom loss has no classes: give an "
                             "aux_head factory")
@@ -186,6 +195,11 @@ class Network:
         if self.synthetic_gradient is not None:
             return UserSyntheticGradient(self.synthetic_gradient(shape, classes))
         return SyntheticGradient(shape, hidden, classes)
+
+    def build_synthetic_input(self, index: int, hidden: list[int]) -> nn.Module:
+        """Stage `index`'s input model: the default for the data's and the activation's shapes."""
+        (x_shape, x_dtype), (h_shape, _) = self.boundaries[0], self.boundaries[index]
+        return SyntheticInput(x_shape, h_shape, hidden, x_dtype)
 
     def build_aux_head(self, index: int, hidden: list[int]) -> nn.Module:
         """DGL's auxiliary head on stage `index`'s output: the user's factory ``fn(shape, num_classes)``,

@@ -32,8 +32,7 @@ from dni_pipeline.core.errors import UserError
 from dni_pipeline.core.host import CpuBusy
 
 from .config import TrainConfig
-from .data import PlacedData, place_data
-from .driver import batch_order
+from .data import PlacedData, batch_order, place_data
 from .model import Network
 from .models import network_from_config
 from .objective import scores_to_metrics

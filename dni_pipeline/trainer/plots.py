@@ -10,7 +10,7 @@ from dni_pipeline.core.plotting import plt, save_figure
 __all__ = ["plot_training_curves", "plot_throughput", "plot_timeline", "plot_latency", "plot_accuracy_vs_time", "plot_sg_cosine",
            "plot_time_to_accuracy"]
 
-COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "transport": "#C44E52"}
+COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "synthetic": "#55A868", "transport": "#C44E52"}
 
 
 def _smooth(values: np.ndarray, width: int) -> np.ndarray:
@@ -39,12 +39,14 @@ def headline(evals: list[dict]) -> tuple[str, str, float]:
 
 def plot_training_curves(path: Path, steps: list[dict], evals: list[dict], title: str) -> None:
     """Training loss per step and test accuracy per evaluation; in SG modes also each stage's SG
-    regression loss and the cosine similarity of its synthetic gradient to the true gradient."""
-    panels = ["loss", "accuracy"] + [k for k in ("sg_loss", "sg_cosine") if any(k in s for s in steps)]
+    regression loss and the cosine similarity of its synthetic gradient to the true gradient, and under
+    synthetic inputs each input model's R^2 on the real inputs."""
+    panels = ["loss", "accuracy"] + [k for k in ("sg_loss", "sg_cosine", "input_r2") if any(k in s for s in steps)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    window = max(1, len(steps) // 100)
-    loss = np.array([s["loss"] for s in steps])
-    axes[0].plot(np.arange(len(_smooth(loss, window))) + window - 1, _smooth(loss, window))
+    scored = [s for s in steps if "loss" in s]  # under synthetic inputs: the steps relayed through every stage
+    window = max(1, len(scored) // 100)
+    loss, x = _smooth(np.array([s["loss"] for s in scored]), window), np.array([s["step"] for s in scored])
+    axes[0].plot(x[len(x) - len(loss):], loss)
     axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss (moving average)")
     key, label, scale = headline(evals)
     axes[1].plot([e["epoch"] for e in evals], [scale * e[key] for e in evals], marker="o")
@@ -52,12 +54,16 @@ def plot_training_curves(path: Path, steps: list[dict], evals: list[dict], title
     for ax, key in zip(axes[2:], panels[2:]):
         x, values = _per_stage(steps, key)
         for stage in range(values.shape[1]):
+            if np.isnan(values[:, stage]).all():  # stage 0 has no input model
+                continue
             if key == "sg_loss":
                 ax.plot(x[window - 1:] if len(x) >= window else x, _smooth(values[:, stage], window), label=f"stage {stage}")
             else:
                 ax.plot(x, values[:, stage], marker=".", label=f"stage {stage}")
         if key == "sg_loss":
             ax.set(xlabel="step", ylabel="SG regression loss", yscale="log", title="synthetic-gradient loss")
+        elif key == "input_r2":
+            ax.set(xlabel="step", ylabel="R^2 of I(x) on the real input", ylim=(-0.1, 1.0), title="synthetic inputs")
         else:
             ax.set(xlabel="step", ylabel="cosine(SG, true gradient)", ylim=(-0.1, 1.0), title="SG quality")
         ax.legend()
@@ -87,9 +93,9 @@ def plot_throughput(path: Path, entries: list[dict]) -> None:
 
 
 def plot_timeline(path: Path, events: list[dict], num_stages: int, title: str, first_step: int, num_steps: int) -> None:
-    """Gantt chart of what each stage does over a window of time: compute (forward-side and
-    backward-side messages), transport (sending), and idle (the gaps)."""
-    work = [e for e in events if e["kind"] in ("forward", "backward")]
+    """Gantt chart of what each stage does over a window of time: compute (forward-side and backward-side
+    messages, synthetic-input steps), transport (sending), and idle (the gaps)."""
+    work = [e for e in events if e["kind"] in ("forward", "backward", "synthetic")]
     anchor = [e for e in work if e["stage"] == 0 and e["step"] == first_step]
     closing = [e for e in work if e["stage"] == num_stages - 1 and e["step"] == first_step + num_steps - 1]
     if not anchor or not closing:
@@ -112,8 +118,8 @@ def plot_timeline(path: Path, events: list[dict], num_stages: int, title: str, f
     ax.set_yticks(range(num_stages), [f"stage {s}\n{100 * busy[s] / (t1 - t0):.0f}% busy" for s in reversed(range(num_stages))])
     ax.set(xlabel="ms", xlim=(0, 1000 * (t1 - t0)), title=title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
-    ax.legend(handles, ["compute (forward message)", "compute (backward message)", "transport (send)"],
-              loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8)
+    ax.legend(handles, ["compute (forward message)", "compute (backward message)", "compute (synthetic-input step)",
+                        "transport (send)"], loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, fontsize=8)
     save_figure(fig, path)
 
 

@@ -25,7 +25,9 @@ SUMMARY_COLUMNS = [
 ]
 
 
-SG_STEP_KEYS = {"forward": ("sg_scale",), "backward": ("sg_loss", "sg_r2", "sg_step_cosine")}
+SG_STEP_KEYS = {"forward": ("sg_scale",), "synthetic": ("sg_scale",), "backward": ("sg_loss", "sg_r2", "sg_step_cosine")}
+WORK_KINDS = ("forward", "backward", "synthetic")  # a stage's training work (its busy time)
+INPUT_STEP_KEYS = ("input_loss", "input_r2")  # synthetic inputs: each later stage's input-model fit
 
 
 @dataclass
@@ -44,17 +46,21 @@ class TrainResult:
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
     """One record per step: the loss and batch accuracy (summed over micro-batches); for each earlier
     stage its SG regression loss, the R^2 of the prediction it used against the target, and the scale
-    its update rule applied; on measured steps (gated) the weight-space cosine of its SG step, and on
-    probed steps each earlier stage's SG cosine similarity."""
+    its update rule applied; on measured steps (gated) the weight-space cosine of its SG step, on
+    probed steps each earlier stage's SG cosine similarity, and under synthetic inputs each stage's input-model
+    loss and R^2 on the real input (lists over all stages, None for stage 0)."""
     records: dict[int, dict] = {}
     per_stage = lambda: [None] * (cfg.stages - 1)  # noqa: E731
     for event in events:
         kind, step = event["kind"], event["step"]
+        for key in INPUT_STEP_KEYS if kind == "forward" else ():
+            if key in event:
+                records.setdefault(step, {}).setdefault(key, [None] * cfg.stages)[event["stage"]] = event[key]
         if kind == "forward" and "loss" in event:
             record = records.setdefault(step, {})
             record["loss"] = record.get("loss", 0.0) + event["loss"]
             record["correct"] = record.get("correct", 0) + event["correct"]
-        elif kind in ("forward", "backward"):
+        elif kind in SG_STEP_KEYS:
             for key in SG_STEP_KEYS[kind]:
                 if key in event:
                     records.setdefault(step, {}).setdefault(key, per_stage())[event["stage"]] = event[key]
@@ -74,11 +80,22 @@ def _utilization(events: list[dict], num_stages: int, train_seconds: float) -> t
     store, call submission) as a fraction of compute (busy minus transport)."""
     busy, transport = [0.0] * num_stages, [0.0] * num_stages
     for event in events:
-        if event["kind"] in ("forward", "backward"):
+        if event["kind"] in WORK_KINDS:
             busy[event["stage"]] += event["end"] - event["start"]
             transport[event["stage"]] += event["transport"]
     utilization = [round(b / train_seconds, 4) if train_seconds else 0.0 for b in busy]  # 0 s: a resumed finished run
     return utilization, [round(t / (b - t), 4) if b > t else 0.0 for t, b in zip(transport, busy)]
+
+
+def _update_rates(events: list[dict], num_stages: int) -> list[float | None]:
+    """Per stage: its optimizer updates per second over its own span of them (first start to last end). Under
+    synthetic inputs a stage not slowed keeps its rate however slow another is."""
+    rates = []
+    for stage in range(num_stages):
+        updates = [e for e in events if e["stage"] == stage and e["updates"]]
+        span = max(e["end"] for e in updates) - min(e["start"] for e in updates) if updates else 0.0
+        rates.append(round(sum(e["updates"] for e in updates) / span, 2) if span > 0 else None)
+    return rates
 
 
 def bubble_formula(cfg: TrainConfig) -> float:
@@ -99,7 +116,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
     """summary.json: the run's outcome, its counters over every resume, and this session's timeline figures."""
     events = driver.events
     utilization, transport = _utilization(events, cfg.stages, session_seconds)
-    transits = [e["transit"] for e in events if e["transit"] is not None and e["kind"] in ("forward", "backward")]
+    transits = [e["transit"] for e in events if e["transit"] is not None and e["kind"] in WORK_KINDS]
     last = evals[-1] if evals else {}
     return {
         "mode": cfg.mode,
@@ -122,6 +139,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "samples_per_sec": round(state["trained_steps"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 2),
         "tokens_per_sec": tokens_per_sec(driver.data, state["trained_steps"] * cfg.batch_size, state["train_seconds"]),
         "stage_utilization": utilization,
+        "stage_update_rate": _update_rates(events, cfg.stages),  # this session's updates per second, stage by stage
         "bubble_measured": round(1 - sum(utilization) / len(utilization), 4),
         "bubble_formula": round(bubble_formula(cfg), 4),
         "transport_fraction": transport,

@@ -18,8 +18,16 @@ Modes:
   in activation space (`Calibration`) and steps with SGD and momentum (see docs/training.md).
   An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
+
+Synthetic inputs (dni, cdni; the complete unlock): every stage after the first also owns an input model
+I(x) of its input. Each stage updates as soon as the driver hands it the batch (`synthetic_step`: on I(x),
+or on the data for stage 0), and the real inputs travel the pipeline as a stream of their own
+(`real_input`): a stage regresses I(x) on the real input of the same batch, sends its output on it to the
+next stage and the gradient at it back as the SG target of the stage before. Its block's weights move
+only in the synthetic step.
 """
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +40,7 @@ from torch.distributed.pipelining._backward import stage_backward_input, stage_b
 
 from .objective import Objective
 from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
+from .synthetic_inputs import SyntheticInputModel
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "adam_step_direction",
            "learning_rate"]
@@ -78,6 +87,18 @@ def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> fl
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+@contextlib.contextmanager
+def _buffers_kept(module: nn.Module):
+    """Run the block and leave its buffers as they were: BatchNorm normalises a synthetic input with that batch's
+    statistics but keeps its running ones for the real inputs, which evaluation sees."""
+    saved = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    yield
+    for buffer, value in saved:
+        # Through .data, as BatchNorm's own update is: graphs kept for later backwards (which, in training mode,
+        # do not read these values) must not see a new version of a buffer they saved.
+        buffer.data.copy_(value)
+
+
 def _frozen_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's parameters and buffers: a probe's graph then survives later
     in-place optimizer steps, and BatchNorm updates only the copied running statistics."""
@@ -108,6 +129,7 @@ class Stage:
         sg_trust_every: int = 4,
         aux_head: nn.Module | None = None,
         objective: Objective | None = None,
+        input_model: SyntheticInputModel | None = None,
     ):
         self.index, self.num_stages, self.mode = index, num_stages, mode
         self.objective = objective or Objective()
@@ -131,6 +153,8 @@ class Stage:
         self.sg_off = sg_off and mode in SG_MODES  # the ablation: every stage but the last frozen, nothing sent back
         self.sg_base_lr = sg_lr or lr
         self.sg_optimizer = torch.optim.Adam(sg_model.parameters(), lr=self.sg_base_lr) if sg_model else None
+        self.input_model = input_model
+        self.input_optimizer = torch.optim.Adam(input_model.parameters(), lr=self.sg_base_lr) if input_model else None
         # (step, micro) -> what a later backward needs: (input, output or loss) with graph in locked
         # modes, (detached output, labels, raw prediction) for SG regression. Bounded by the steps in flight.
         self.pending: dict[tuple[int, int], tuple] = {}
@@ -183,6 +207,65 @@ class Stage:
             metrics["sg_scale"] = self.trust.scale if self.trust else scale
             self._send_input_grad(step, micro, h_in)
         self._step(step)
+        if measured:
+            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
+        return metrics
+
+    def synthetic_step(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Synthetic inputs: compute on the input model's estimate of this step's input (stage 0: on the data) and
+        update at once, from the SG (the true loss on the last stage), before any real input has arrived."""
+        h_in = x if self.input_model is None else self._check("synthetic input", step, self.input_model.predict(x))
+        with _buffers_kept(self.module):
+            out = self._check("activation", step, self.module(h_in))
+            if self.is_last:
+                loss = self._check("loss", step, self.objective.loss(out, labels))
+                loss.backward()
+                metrics = {"synthetic_loss": loss.item()}
+            else:
+                predicted = self._check("synthetic gradient", step, self.sg.predict(out.detach(), labels))
+                scale = self.calibration.scale if self.calibration else 1.0
+                out.backward(predicted * scale)
+                metrics = {"sg_scale": self.trust.scale if self.trust else scale}
+        self._step(step)
+        return metrics
+
+    def real_input(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor, x: torch.Tensor) -> dict:
+        """Synthetic inputs: the real input of a step (stage 0: its data), which this stage has usually updated on
+        already. It is the input model's regression target for the same batch `x`; the block's output on it goes
+        on to the next stage (whose input model's target it is) and the gradient at it goes back as the SG target
+        of the stage before, from the true loss on the last stage and from this stage's SG elsewhere. The block's
+        weights do not move here; its BatchNorm running statistics do (these are the inputs evaluation sees)."""
+        metrics = {}
+        if self.input_model is not None:
+            input_loss = self.input_model.regression_loss(x, h_in)
+            self._set_lr(self.input_optimizer, self.sg_base_lr, step)
+            input_loss.backward()
+            self.input_optimizer.step()
+            self.input_optimizer.zero_grad(set_to_none=True)
+            spread = float((h_in - h_in.mean(0)).pow(2).mean())
+            metrics = {"input_loss": input_loss.item(), "input_r2": 1.0 - input_loss.item() / max(spread, 1e-30)}
+            h_in = h_in.requires_grad_()
+        measured = self.trust is not None and step % self.trust_every == 0
+        with torch.set_grad_enabled(measured or self.index > 0):
+            if measured:  # the step Adam takes now (from synthetic inputs) against the one this target gives
+                weights = {name: p.detach().clone().requires_grad_() for name, p in self.module.named_parameters()}
+                out = torch.func.functional_call(self.module, weights, (h_in,))
+            else:
+                out = self.module(h_in)
+        out = self._check("activation", step, out)
+        if self.is_last:
+            loss = self._check("loss", step, self.objective.loss(out, labels))
+            (grad,) = torch.autograd.grad(loss, h_in)
+            self.send(Message("backward", step, grad, micro=micro))
+            return {**metrics, **self._scores(loss, out, labels)}
+        h = out.detach()
+        self.send(Message("forward", step, h, labels, micro))
+        predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
+        self.pending[(step, micro)] = (h, labels, predicted)
+        if self.index > 0:
+            scale = self.calibration.scale if self.calibration else 1.0
+            (grad,) = torch.autograd.grad(out, h_in, predicted * scale, retain_graph=measured)
+            self.send(Message("backward", step, grad, micro=micro))
         if measured:
             self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
@@ -336,7 +419,8 @@ class Stage:
     # -- internals -----------------------------------------------------------------------------
     def _parts(self) -> dict:
         parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
-                 "calibration": self.calibration, "trust": self.trust, "aux": self.aux}
+                 "calibration": self.calibration, "trust": self.trust, "aux": self.aux, "input_model": self.input_model,
+                 "input_optimizer": self.input_optimizer}
         return {k: v for k, v in parts.items() if v is not None}
 
     def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:

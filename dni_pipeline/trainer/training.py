@@ -49,7 +49,8 @@ def train_pipeline(cfg: TrainConfig, data, folder: RunFolder | None = None, resu
     wall_start = time.time()
     data = place_data(data)
     network = network or network_from_config(cfg, data)
-    network.prepare(data, cfg.mode)  # a model or data that cannot run is refused before any folder or actor exists
+    # A model or data that cannot run is refused before any folder or actor exists.
+    network.prepare(data, cfg.mode, cfg.synthetic_inputs)
     previous = folder.read_manifest() if resume else None
     store, stage_cfg = None, cfg
     if folder:

@@ -29,17 +29,19 @@ def test_ratios_are_against_the_same_stage_count():
 @pytest.mark.slow
 def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "--modes", "backprop,dni,single", "--sg-off-rows", "--stages", "2", "--reps", "2", "--steps", "8",
+    argv = ["bench", "--modes", "backprop,dni,single,cdni+si", "--sg-off-rows", "--stages", "2", "--reps", "2", "--steps", "8",
             "--link-latency-ms", "0,5", "--target-accuracy", "0.3", "--tta-epochs", "1", "--eval-every", "4",
             *TINY, "--out", str(out)]
     assert main(argv) == 0
     entries = json.loads((out / "bench.json").read_text())
-    assert [(e["mode"], e["stages"]) for e in entries] == [("backprop", 2), ("dni", 2), ("dni sg-off", 2), ("single", 2)]
+    assert [(e["mode"], e["stages"]) for e in entries] == [("backprop", 2), ("dni", 2), ("dni sg-off", 2), ("single", 2),
+                                                           ("cdni+si", 2)]
     for e in entries:
         assert len(e["samples_per_sec"]["values"]) == 2 and e["samples_per_sec"]["min"] <= e["samples_per_sec"]["median"]
         assert "bubble_measured" in e and "time_to_accuracy_seconds" in e
-    for e in entries[:3]:
+    for e in entries[:3] + entries[4:]:
         assert len(e["stage_utilization"]) == 2 and len(e["transport_fraction"]) == 2
+        assert len(e["stage_update_rate"]) == 2 and min(e["stage_update_rate"]) > 0
         assert set(e["samples_per_sec_by_latency"]) == set(e["time_to_accuracy_by_latency"]) == {"0", "5"}
     single = entries[3]  # one process: no stages to measure, and no link to delay
     assert single["stage_utilization"] is None and set(single["time_to_accuracy_by_latency"]) == {"0"}
@@ -58,6 +60,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
                                    "single, torch-gpipe, torch-1f1b, torch-zb"),
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers and the head"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
+    (["--modes", "backprop+si"], "--synthetic-inputs needs synthetic gradients"),
     (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
     (["--modes", "torch-gpipe", "--micro-batches", "5"], "is not a multiple of --micro-batches 5"),
     (["--modes", "torch-zb", "--model", "user_models:two_stages"], "torch-zb holds two stages per process: the model "

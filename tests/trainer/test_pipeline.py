@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from dni_pipeline.core.datasets import load_dataset
 from dni_pipeline.trainer.checkpoints import CheckpointStore
 from dni_pipeline.trainer.config import TrainConfig
-from dni_pipeline.trainer.driver import Driver, batch_order
+from dni_pipeline.trainer.data import batch_order
+from dni_pipeline.trainer.driver import Driver
 from dni_pipeline.trainer.network import build_stages, parse_arch
 from dni_pipeline.trainer.stage import learning_rate
 from dni_pipeline.trainer.training import train_pipeline

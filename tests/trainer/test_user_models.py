@@ -16,7 +16,7 @@ from torch import nn
 import dni_pipeline
 from dni_pipeline.cli import main
 from dni_pipeline.core.datasets import load_dataset
-from dni_pipeline.trainer.driver import batch_order
+from dni_pipeline.trainer.data import batch_order
 from dni_pipeline.trainer.stage import learning_rate
 
 STEPS, BATCH, MICRO, LR = 5, 64, 2, 3e-3
