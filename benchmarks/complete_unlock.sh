@@ -3,22 +3,25 @@
 # backprop, dni and cdni update-unlocked, the same with synthetic inputs (the complete unlock), and the
 # SG-off ablation, one run per mode and seed, all at EPOCHS epochs; then a table (mean and spread over
 # seeds) from the runs' summary.json and each input model's R^2 over the last epoch's steps. A run whose
-# summary.json exists is kept, so a stopped table resumes.
-# Usage: benchmarks/complete_unlock.sh DATA_DIR OUT_DIR [ARCH] [EPOCHS] [SEEDS]
+# summary.json exists is kept, so a stopped table resumes. EXTRA names more runs: cdni-si-wide, the complete
+# unlock with input models of two hidden layers of 1024.
+# Usage: benchmarks/complete_unlock.sh DATA_DIR OUT_DIR [ARCH] [EPOCHS] [SEEDS] [EXTRA]
 set -euo pipefail
 data=${1:?data dir holding the MNIST IDX files}
 out=${2:?output folder}
 arch=${3:-fcn3}
 epochs=${4:-3}
 seeds=${5:-0 1 2}
+extra=${6:-}
 stages=$(( $(python3 -c "import sys; print({'fcn3': 3, 'fcn6': 6}.get(sys.argv[1], 0))" "$arch") + 1 ))
 [[ $stages -gt 1 ]] || { echo "arch must be fcn3 or fcn6" >&2; exit 2; }
 for seed in $seeds; do
-  for run in backprop cdni cdni-si dni dni-si sgoff; do
+  for run in backprop cdni cdni-si dni dni-si sgoff $extra; do
     [[ -f $out/$run-seed$seed/summary.json ]] && continue
     rm -rf "$out/$run-seed$seed"
     case $run in
       *-si) flags=(--mode "${run%-si}" --synthetic-inputs) ;;
+      cdni-si-wide) flags=(--mode cdni --synthetic-inputs --input-hidden 1024,1024) ;;
       sgoff) flags=(--mode dni --sg-off) ;;  # the same run for both SG modes: every stage but the head is frozen
       *) flags=(--mode "$run") ;;
     esac
@@ -41,13 +44,14 @@ summaries = {name: [json.loads((f / "summary.json").read_text()) for f in folder
 base = statistics.mean(s["test_accuracy"] for s in summaries["backprop"])
 print("| run | test accuracy (mean [min, max] over seeds) | vs backprop | train s (median) | input-model R^2, last epoch | seeds |")
 print("|---|---|---|---|---|---|")
-for name in ("backprop", "cdni", "cdni-si", "dni", "dni-si", "sgoff"):
+for name in ("backprop", "cdni", "cdni-si", "cdni-si-wide", "dni", "dni-si", "sgoff"):
     if name not in summaries:
         continue
     acc = [s["test_accuracy"] for s in summaries[name]]
     seconds = statistics.median(s["train_seconds"] for s in summaries[name])
-    fits = " ".join(f"{v:.2f}" for v in r2(runs[name][0])) + " (seed 0)" if name.endswith("-si") else "-"
-    label = {"sgoff": "SG off (both modes)"}.get(name, name.replace("-si", " + synthetic inputs"))
+    fits = " ".join(f"{v:.2f}" for v in r2(runs[name][0])) + " (seed 0)" if "-si" in name else "-"
+    label = {"sgoff": "SG off (both modes)", "cdni-si-wide": "cdni + synthetic inputs, input models 1024, 1024"}.get(
+        name, name.replace("-si", " + synthetic inputs"))
     print(f"| {label} | {100 * statistics.mean(acc):.2f}% [{100 * min(acc):.2f}, {100 * max(acc):.2f}] "
           f"| {100 * (statistics.mean(acc) - base):+.2f} pp | {seconds:.0f} | {fits} | {len(acc)} |")
 PY
