@@ -17,16 +17,16 @@ from pathlib import Path
 from dni_pipeline.core.datasets import load_dataset
 from dni_pipeline.core.ray_session import start_local_ray
 from dni_pipeline.trainer.config import TrainConfig
+from dni_pipeline.trainer.stage import WORK_KINDS
 from dni_pipeline.trainer.training import train_pipeline
 
 MODES = {"backprop": {"mode": "backprop"}, "cdni": {"mode": "cdni"},
          "cdni + synthetic inputs": {"mode": "cdni", "synthetic_inputs": True}}
-WORK = ("forward", "backward", "synthetic")
 
 
 def delay_doubling(events: list[dict], stage: int) -> float:
     """Milliseconds per message that double `stage`'s compute: its busy time per message."""
-    work = [e for e in events if e["stage"] == stage and e["kind"] in WORK]
+    work = [e for e in events if e["stage"] == stage and e["kind"] in WORK_KINDS]
     return 1000 * sum(e["end"] - e["start"] for e in work) / len(work)
 
 

@@ -23,7 +23,7 @@ from .checkpoints import CheckpointStore
 from .config import TrainConfig
 from .data import StepBatches
 from .model import Network
-from .stage import SG_MODES, Message, NonFiniteError, Stage
+from .stage import SG_MODES, WORK_KINDS, Message, NonFiniteError, Stage
 
 __all__ = ["StageActor", "Ledger"]
 
@@ -293,7 +293,7 @@ class StageActor:
             return
         start, updates, self.transport_seconds = time.time(), self.stage.updates, 0.0
         try:
-            if self.delay and kind in ("forward", "backward", "synthetic"):
+            if self.delay and kind in WORK_KINDS:
                 time.sleep(self.delay)  # an emulated slower device: its results come out later
             metrics = work()
         except NonFiniteError as exc:
@@ -308,7 +308,7 @@ class StageActor:
                  "transport": self.transport_seconds, "updates": self.stage.updates - updates, **metrics}
         self.unreported.append(event)
         waited_on = kind == "backward" and self.sg_targets or kind == "forward" and self.synthetic_inputs
-        if event["updates"] or kind not in ("forward", "backward") or waited_on:
+        if event["updates"] or kind not in WORK_KINDS or waited_on:
             self.ledger.report.remote(self.unreported, generation)
             self.unreported = []
 

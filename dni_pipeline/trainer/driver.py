@@ -148,12 +148,7 @@ class Driver:
         targets = [("update", s, fed) for s in range(cfg.stages)]
         if cfg.mode in SG_MODES and not cfg.sg_off:
             targets += [("backward", s, fed) for s in range(cfg.stages - 1)]
-        if self.probes:
-            targets.append(("probe_backward", 0, self.probes))
-        self.wait(targets)
-        progress.update(fed - progress.n)
-        self.next_step = fed
-        return time.time() - start
+        return self._drain(targets, fed, progress, start)
 
     def _train_unlocked_inputs(self, end_step: int, progress: tqdm) -> float:
         """Synthetic inputs: every stage is fed every step, its update, and waits for no other; each has at most
@@ -185,9 +180,12 @@ class Driver:
                 counts = self.wait(waiting, any_of=True)
                 progress.update(min(counts["update"]) - progress.n)
         targets = [("update", s, end_step) for s in range(cfg.stages)] + [("forward", s, end_step) for s in range(cfg.stages)]
-        targets += [("backward", s, end_step) for s in range(last)]
+        return self._drain(targets + [("backward", s, end_step) for s in range(last)], end_step, progress, start)
+
+    def _drain(self, targets: list[tuple[str, int, int]], end_step: int, progress: tqdm, start: float) -> float:
+        """End a segment at `end_step` once the targets and every probe are reached; return its seconds."""
         if self.probes:
-            targets.append(("probe_backward", 0, self.probes))
+            targets = targets + [("probe_backward", 0, self.probes)]
         self.wait(targets)
         progress.update(end_step - progress.n)
         self.next_step = end_step

@@ -7,6 +7,8 @@ import numpy as np
 
 from dni_pipeline.core.plotting import plt, save_figure
 
+from .stage import WORK_KINDS
+
 __all__ = ["plot_training_curves", "plot_throughput", "plot_timeline", "plot_latency", "plot_accuracy_vs_time", "plot_sg_cosine",
            "plot_time_to_accuracy"]
 
@@ -95,7 +97,7 @@ def plot_throughput(path: Path, entries: list[dict]) -> None:
 def plot_timeline(path: Path, events: list[dict], num_stages: int, title: str, first_step: int, num_steps: int) -> None:
     """Gantt chart of what each stage does over a window of time: compute (forward-side and backward-side
     messages, synthetic-input steps), transport (sending), and idle (the gaps)."""
-    work = [e for e in events if e["kind"] in ("forward", "backward", "synthetic")]
+    work = [e for e in events if e["kind"] in WORK_KINDS]
     anchor = [e for e in work if e["stage"] == 0 and e["step"] == first_step]
     closing = [e for e in work if e["stage"] == num_stages - 1 and e["step"] == first_step + num_steps - 1]
     if not anchor or not closing:

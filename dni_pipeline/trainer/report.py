@@ -13,7 +13,7 @@ from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
 from .plots import plot_training_curves
-from .stage import LOCKED_MODES
+from .stage import LOCKED_MODES, WORK_KINDS
 
 __all__ = ["TrainResult", "bubble_formula", "logged_records", "save_manifest", "step_records", "summarize",
            "summary_table", "tokens_per_sec", "write_report"]
@@ -26,7 +26,6 @@ SUMMARY_COLUMNS = [
 
 
 SG_STEP_KEYS = {"forward": ("sg_scale",), "synthetic": ("sg_scale",), "backward": ("sg_loss", "sg_r2", "sg_step_cosine")}
-WORK_KINDS = ("forward", "backward", "synthetic")  # a stage's training work (its busy time)
 INPUT_STEP_KEYS = ("input_loss", "input_r2")  # synthetic inputs: each later stage's input-model fit
 
 

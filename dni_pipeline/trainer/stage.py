@@ -42,7 +42,8 @@ from .objective import Objective
 from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 from .synthetic_inputs import SyntheticInputModel
 
-__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "Message", "NonFiniteError", "Stage", "adam_step_direction",
+__all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "WORK_KINDS",
+           "Message", "NonFiniteError", "Stage", "adam_step_direction",
            "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
@@ -50,6 +51,7 @@ SG_MODES = ("dni", "cdni")
 MODES = LOCKED_MODES + SG_MODES + ("dgl",)
 SG_UPDATES = ("gated", "calibrated", "paper")
 SG_MOMENTUM = 0.9
+WORK_KINDS = ("forward", "backward", "synthetic")  # the messages a stage trains on (its busy time)
 
 
 class NonFiniteError(RuntimeError):
@@ -175,12 +177,7 @@ class Stage:
             return self._frozen_forward(step, micro, h_in, labels)
         h_in = h_in.requires_grad_(self.index > 0 and not self.sg_off)
         measured = self.trust is not None and step % self.trust_every == 0
-        if measured:  # on a copy of the weights, so the true target can be backpropagated after they have moved
-            weights = {name: p.detach().clone().requires_grad_() for name, p in self.module.named_parameters()}
-            out = torch.func.functional_call(self.module, weights, (h_in,))
-        else:
-            out = self.module(h_in)
-        out = self._check("activation", step, out)
+        out, weights = self._block_forward(step, h_in, measured)
         if self.is_last:
             loss = self._check("loss", step, self.objective.loss(out, labels))
             loss.backward()
@@ -245,14 +242,9 @@ class Stage:
             spread = float((h_in - h_in.mean(0)).pow(2).mean())
             metrics = {"input_loss": input_loss.item(), "input_r2": 1.0 - input_loss.item() / max(spread, 1e-30)}
             h_in = h_in.requires_grad_()
-        measured = self.trust is not None and step % self.trust_every == 0
+        measured = self.trust is not None and step % self.trust_every == 0  # Adam's step now against this target's
         with torch.set_grad_enabled(measured or self.index > 0):
-            if measured:  # the step Adam takes now (from synthetic inputs) against the one this target gives
-                weights = {name: p.detach().clone().requires_grad_() for name, p in self.module.named_parameters()}
-                out = torch.func.functional_call(self.module, weights, (h_in,))
-            else:
-                out = self.module(h_in)
-        out = self._check("activation", step, out)
+            out, weights = self._block_forward(step, h_in, measured)
         if self.is_last:
             loss = self._check("loss", step, self.objective.loss(out, labels))
             (grad,) = torch.autograd.grad(loss, h_in)
@@ -422,6 +414,17 @@ class Stage:
                  "calibration": self.calibration, "trust": self.trust, "aux": self.aux, "input_model": self.input_model,
                  "input_optimizer": self.input_optimizer}
         return {k: v for k, v in parts.items() if v is not None}
+
+    def _block_forward(self, step: int, h_in: torch.Tensor, measured: bool) -> tuple[torch.Tensor, dict | None]:
+        """The block's output, checked. On a `measured` batch it is computed on a copy of the weights (returned),
+        so the true target can be backpropagated to them after the weights themselves have moved."""
+        weights = None
+        if measured:
+            weights = {name: p.detach().clone().requires_grad_() for name, p in self.module.named_parameters()}
+            out = torch.func.functional_call(self.module, weights, (h_in,))
+        else:
+            out = self.module(h_in)
+        return self._check("activation", step, out), weights
 
     def _check(self, what: str, step: int, tensor: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(tensor).all():
