@@ -42,16 +42,16 @@ def _config(options: dict, **given) -> TrainConfig:
     return build_config({}, {**options, **given})
 
 
-def _network(model, stages: int, split, seed: int, loss, metrics, synthetic_gradient, aux_head) -> Network:
+def _network(model, stages: int, split, seed: int, loss, metrics, local_models: dict) -> Network:
     objective = Objective(loss, dict(metrics or {}))
-    return as_network(model, stages, split=split, seed=seed, objective=objective,
-                      synthetic_gradient=synthetic_gradient, aux_head=aux_head)
+    return as_network(model, stages, split=split, seed=seed, objective=objective, **local_models)
 
 
 def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[int] | None = None,
           loss: Callable | None = None, metrics: dict[str, Callable] | None = None,
           synthetic_gradient: Callable | None = None, aux_head: Callable | None = None,
-          out: str | None = None, resume: str | None = None, address: str | None = None, progress: bool = True,
+          synthetic_input: Callable | None = None, out: str | None = None, resume: str | None = None,
+          address: str | None = None, progress: bool = True,
           **options) -> TrainResult:
     """Train `model` cut into `stages` stage actors, in `mode` (backprop, gpipe, 1f1b, dni, cdni, dgl).
 
@@ -63,6 +63,8 @@ def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[in
       (B, T, V) outputs) with accuracy, and bits per token for sequences.
     - synthetic_gradient, aux_head: factories ``fn(shape, num_classes)`` of each stage's SG model (called
       ``module(h, labels)``, returning dL/dh per loss term) or DGL head; default chosen by the shape.
+    - synthetic_input: with ``synthetic_inputs=True``, a factory ``fn(x_shape, h_shape)`` of each later stage's
+      input model (called ``module(x)`` on the batch's data, returning its estimate of the stage's input).
     - out: a run folder (metrics.jsonl, summary.json, checkpoints, model.pt, curves.png); `resume`
       continues one from its last checkpoint with its own config.
     - options: any field of `TrainConfig` (epochs, batch_size, lr, seed, eval_every, link_latency_ms, ...).
@@ -78,7 +80,8 @@ def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[in
     else:
         cfg = _config(options, mode=mode, stages=stages, out=out, address=address)
         folder = RunFolder(out) if out else None
-    network = _network(model, cfg.stages, split, cfg.seed, loss, metrics, synthetic_gradient, aux_head)
+    local_models = {"synthetic_gradient": synthetic_gradient, "aux_head": aux_head, "synthetic_input": synthetic_input}
+    network = _network(model, cfg.stages, split, cfg.seed, loss, metrics, local_models)
     with connect_ray(cfg.address, cfg.stages * cfg.cpus_per_stage):
         check_capacity(cfg)
         placed = place_data(data)
@@ -89,7 +92,8 @@ def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[in
 
 def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe", "dni"), stages: Sequence[int] = (2,),
           split: Sequence[int] | None = None, loss: Callable | None = None, metrics: dict[str, Callable] | None = None,
-          synthetic_gradient: Callable | None = None, aux_head: Callable | None = None, sg_off_rows: bool = False,
+          synthetic_gradient: Callable | None = None, aux_head: Callable | None = None,
+          synthetic_input: Callable | None = None, sg_off_rows: bool = False,
           reps: int = 3, steps: int = 60, latencies: Sequence[float] = (0.0, 20.0), target_accuracy: float = 0.97,
           tta_epochs: int = 3, eval_every: int = 25, address: str | None = None, progress: bool = True,
           **options) -> list[dict]:
@@ -103,7 +107,8 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
                          target_accuracy=target_accuracy, tta_epochs=tta_epochs, eval_every=eval_every,
                          sg_off_rows=sg_off_rows).validate()
     folder = RunFolder(out)
-    networks = {k: _network(model, k, split, base.seed, loss, metrics, synthetic_gradient, aux_head) for k in stages}
+    local_models = {"synthetic_gradient": synthetic_gradient, "aux_head": aux_head, "synthetic_input": synthetic_input}
+    networks = {k: _network(model, k, split, base.seed, loss, metrics, local_models) for k in stages}
     with connect_ray(base.address, max(stages) * base.cpus_per_stage):
         for k in stages:
             check_capacity(dataclasses.replace(base, stages=k))

@@ -27,7 +27,7 @@ from dni_pipeline.core.imports import send_by_value, user_code_modules
 from .data import PlacedData, check_labels
 from .objective import Objective
 from .synthetic_gradients import SyntheticGradient, UserSyntheticGradient
-from .synthetic_inputs import SyntheticInput
+from .synthetic_inputs import SyntheticInput, UserSyntheticInput
 
 __all__ = ["Network", "as_network", "balanced_starts", "stage_seed"]
 
@@ -66,11 +66,12 @@ class Network:
     def __init__(self, num_stages: int, *, modules: list[nn.Module] | None = None,
                  factory: Callable[[int, int], nn.Module] | None = None, starts: list[int] | None = None,
                  seed: int = 0, objective: Objective | None = None,
-                 synthetic_gradient: Callable | None = None, aux_head: Callable | None = None):
+                 synthetic_gradient: Callable | None = None, aux_head: Callable | None = None,
+                 synthetic_input: Callable | None = None):
         self.num_stages, self.modules, self.factory, self.seed = num_stages, modules, factory, seed
         self.starts = starts  # a cut Sequential: index of each stage's first child, for the whole state dict
         self.objective = objective or Objective()
-        self.synthetic_gradient, self.aux_head = synthetic_gradient, aux_head
+        self.synthetic_gradient, self.aux_head, self.synthetic_input = synthetic_gradient, aux_head, synthetic_input
         self.boundaries: list[tuple[tuple, torch.dtype]] | None = None  # per-sample (shape, dtype): input, each output
 
     def build(self, index: int) -> nn.Module:
@@ -97,7 +98,8 @@ class Network:
                             "factory; give it as one nn.Sequential")
         children = [child for module in self.modules for child in module]
         return as_network(nn.Sequential(*children), num_stages, seed=self.seed, objective=self.objective,
-                          synthetic_gradient=self.synthetic_gradient, aux_head=self.aux_head)
+                          synthetic_gradient=self.synthetic_gradient, aux_head=self.aux_head,
+                          synthetic_input=self.synthetic_input)
 
     @property
     def num_classes(self) -> int | None:
@@ -179,7 +181,8 @@ class Network:
         """Every stage process gets a pickled copy: refuse one that cannot be, before anything starts. The
         user's own modules (files beside their script) travel by value, so no worker needs them on its path."""
         send_by_value(user_code_modules([self.modules, self.factory, self.objective.loss_fn,
-                                         *self.objective.metrics.values(), self.synthetic_gradient, self.aux_head]))
+                                         *self.objective.metrics.values(), self.synthetic_gradient, self.aux_head,
+                                         self.synthetic_input]))
         try:
             ray.cloudpickle.dumps(self)
         except Exception as exc:
@@ -197,8 +200,11 @@ class Network:
         return SyntheticGradient(shape, hidden, classes)
 
     def build_synthetic_input(self, index: int, hidden: list[int]) -> nn.Module:
-        """Stage `index`'s input model: the default for the data's and the activation's shapes."""
+        """Stage `index`'s input model: the user's factory ``fn(x_shape, h_shape)`` (per-sample shapes of the data
+        and of the stage's input), or the default for those shapes."""
         (x_shape, x_dtype), (h_shape, _) = self.boundaries[0], self.boundaries[index]
+        if self.synthetic_input is not None:
+            return UserSyntheticInput(self.synthetic_input(x_shape, h_shape))
         return SyntheticInput(x_shape, h_shape, hidden, x_dtype)
 
     def build_aux_head(self, index: int, hidden: list[int]) -> nn.Module:
@@ -234,12 +240,13 @@ def default_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]
 
 def as_network(model, num_stages: int, *, split: list[int] | None = None, seed: int = 0,
                objective: Objective | None = None, synthetic_gradient: Callable | None = None,
-               aux_head: Callable | None = None) -> Network:
+               aux_head: Callable | None = None, synthetic_input: Callable | None = None) -> Network:
     """The user's model (a list of stage modules, an nn.Sequential with an optional `split`, or a
     factory) as a `Network` of `num_stages` stages."""
     if num_stages < 1:
         raise UserError(f"stages must be at least 1 (got {num_stages})")
-    common = {"seed": seed, "objective": objective, "synthetic_gradient": synthetic_gradient, "aux_head": aux_head}
+    common = {"seed": seed, "objective": objective, "synthetic_gradient": synthetic_gradient, "aux_head": aux_head,
+              "synthetic_input": synthetic_input}
     if isinstance(model, nn.Sequential):
         children = list(model)
         if num_stages > len(children):

@@ -6,14 +6,14 @@ batch when that arrives.
 Defaults by the shape of the activation they predict: a flat h (D,) from an MLP on the flattened data
 (two hidden layers as wide as h, with BatchNorm and ReLU); an image h (C, H, W) from image data by
 average-pooling it to H x W and two 5x5 conv layers of C channels. Other pairs (token ids, sequences)
-have none yet.
+have none yet: a user's factory ``fn(x_shape, h_shape)`` serves any (`UserSyntheticInput`).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SyntheticInput", "SyntheticInputModel", "default_input_hidden"]
+__all__ = ["SyntheticInput", "SyntheticInputModel", "UserSyntheticInput", "default_input_hidden"]
 
 
 def default_input_hidden(shape: tuple[int, ...]) -> list[int]:
@@ -31,6 +31,17 @@ class SyntheticInputModel(nn.Module):
 
     def regression_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self(x), target)
+
+
+class UserSyntheticInput(SyntheticInputModel):
+    """A user's own input model, called as ``module(x)`` on the batch's data and returning h's estimate."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
 
 
 class SyntheticInput(SyntheticInputModel):

@@ -102,6 +102,21 @@ def test_a_language_model_reports_bits_per_token_and_its_state_dict_loads(ray_se
     assert after["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
 
 
+def test_a_users_input_model_gives_a_language_model_synthetic_inputs(ray_session):
+    """Token ids have no default input model (refused in one line); the user's factory fn(x_shape, h_shape) makes
+    the complete unlock run, its model called on each batch's tokens and fitted to stage 1's real input."""
+    model, data = _gpt_and_text()
+    options = {"mode": "dni", "stages": 2, "epochs": 1, "batch_size": 32, "lr": 3e-3, "synthetic_inputs": True,
+               "progress": False}
+    with pytest.raises(dni_pipeline.UserError, match=r"stage 1: .*token ids"):
+        dni_pipeline.train(copy.deepcopy(model), data, **options)
+    result = dni_pipeline.train(model, data, synthetic_input=user_models.TokenInputs, **options)
+    last = [s["input_r2"][1] for s in result.steps if "input_r2" in s][-10:]
+    assert len(last) == 10 and sum(last) / 10 > 0.3  # 0.9 in one run; a batch paired with another's inputs fits at <= 0
+    assert result.summary["stage_updates"] == [result.summary["planned_steps"]] * 2
+    assert result.summary["test_bits"] < np.log2(12)
+
+
 def test_the_api_and_the_command_line_give_the_same_summary(ray_session, tmp_path):
     torch.manual_seed(0)
     model = user_models.small_mlp((12,), 4)

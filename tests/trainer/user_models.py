@@ -39,6 +39,20 @@ def two_stages(input_shape, num_classes, width=32):
     return [nn.Sequential(nn.Linear(input_shape[0], width), nn.ReLU()), nn.Linear(width, num_classes)]
 
 
+class TokenInputs(nn.Module):
+    """An input model for token ids, which the project has no default for: each token's embedding plus its
+    position's, as the first stage of a transformer starts."""
+
+    def __init__(self, x_shape, h_shape, vocabulary=12):
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, h_shape[-1])
+        nn.init.normal_(self.tokens.weight, std=0.02)  # the scale of a GPT's own embeddings
+        self.positions = nn.Parameter(torch.zeros(h_shape))
+
+    def forward(self, x):
+        return self.tokens(x) + self.positions
+
+
 def raising_factory(index, num_stages):
     raise ValueError("no such layer")
 

@@ -4,9 +4,9 @@ path ``package.module:function``, called with the config's ``model_options``) or
 A model function returns what the API takes: an nn.Sequential (cut by ``--split`` or balanced by
 parameter count), a list of stage modules, or a factory ``build_stage(index, num_stages)``. Parameters
 named ``input_shape`` and ``num_classes`` that the options leave out are filled from the data, and
-``num_stages`` and ``batch_size`` from the config. A model may carry its own SG-model and auxiliary-head
-factories as attributes ``synthetic_gradient`` and ``aux_head`` (``fn(shape, num_classes)``, as the API
-takes them), as the emulated devices' model does.
+``num_stages`` and ``batch_size`` from the config. A model may carry its own SG-model, auxiliary-head and
+input-model factories as attributes ``synthetic_gradient``, ``aux_head`` (``fn(shape, num_classes)``) and
+``synthetic_input`` (``fn(x_shape, h_shape)``), as the API takes them; the emulated devices' model does.
 """
 
 import inspect
@@ -59,4 +59,5 @@ def network_from_config(cfg: TrainConfig, data: PlacedData) -> Network:
                         "options") from None
     return as_network(model, cfg.stages, split=split, seed=cfg.seed,
                       synthetic_gradient=getattr(model, "synthetic_gradient", None),
-                      aux_head=getattr(model, "aux_head", None))
+                      aux_head=getattr(model, "aux_head", None),
+                      synthetic_input=getattr(model, "synthetic_input", None))
