@@ -4,7 +4,8 @@
 # SG-off ablation, one run per mode and seed, all at EPOCHS epochs; then a table (mean and spread over
 # seeds) from the runs' summary.json and each input model's R^2 over the last epoch's steps. A run whose
 # summary.json exists is kept, so a stopped table resumes. EXTRA names more runs: cdni-si-wide, the complete
-# unlock with input models of two hidden layers of 1024.
+# unlock with input models of two hidden layers of 1024, and MODE-paper-rule / MODE-calibrated-rule, dni or cdni
+# under the other two SG update rules.
 # Usage: benchmarks/complete_unlock.sh DATA_DIR OUT_DIR [ARCH] [EPOCHS] [SEEDS] [EXTRA]
 set -euo pipefail
 data=${1:?data dir holding the MNIST IDX files}
@@ -22,6 +23,7 @@ for seed in $seeds; do
     case $run in
       *-si) flags=(--mode "${run%-si}" --synthetic-inputs) ;;
       cdni-si-wide) flags=(--mode cdni --synthetic-inputs --input-hidden 1024,1024) ;;
+      *-rule) rule=${run%-rule}; flags=(--mode "${rule%-*}" --sg-update "${rule##*-}") ;;
       sgoff) flags=(--mode dni --sg-off) ;;  # the same run for both SG modes: every stage but the head is frozen
       *) flags=(--mode "$run") ;;
     esac
@@ -44,14 +46,16 @@ summaries = {name: [json.loads((f / "summary.json").read_text()) for f in folder
 base = statistics.mean(s["test_accuracy"] for s in summaries["backprop"])
 print("| run | test accuracy (mean [min, max] over seeds) | vs backprop | train s (median) | input-model R^2, last epoch | seeds |")
 print("|---|---|---|---|---|---|")
-for name in ("backprop", "cdni", "cdni-si", "cdni-si-wide", "dni", "dni-si", "sgoff"):
+rules = [f"{mode}-{rule}-rule" for mode in ("cdni", "dni") for rule in ("paper", "calibrated")]
+for name in ("backprop", "cdni", "cdni-si", "cdni-si-wide", "dni", "dni-si", "sgoff", *rules):
     if name not in summaries:
         continue
     acc = [s["test_accuracy"] for s in summaries[name]]
     seconds = statistics.median(s["train_seconds"] for s in summaries[name])
     fits = " ".join(f"{v:.2f}" for v in r2(runs[name][0])) + " (seed 0)" if "-si" in name else "-"
     label = {"sgoff": "SG off (both modes)", "cdni-si-wide": "cdni + synthetic inputs, input models 1024, 1024"}.get(
-        name, name.replace("-si", " + synthetic inputs"))
+        name, name.replace("-si", " + synthetic inputs").replace("-paper-rule", ", --sg-update paper")
+        .replace("-calibrated-rule", ", --sg-update calibrated"))
     print(f"| {label} | {100 * statistics.mean(acc):.2f}% [{100 * min(acc):.2f}, {100 * max(acc):.2f}] "
           f"| {100 * (statistics.mean(acc) - base):+.2f} pp | {seconds:.0f} | {fits} | {len(acc)} |")
 PY

@@ -25,7 +25,8 @@ SUMMARY_COLUMNS = [
 ]
 
 
-SG_STEP_KEYS = {"forward": ("sg_scale",), "synthetic": ("sg_scale",), "backward": ("sg_loss", "sg_r2", "sg_step_cosine")}
+SG_STEP_KEYS = {"forward": ("sg_scale",), "synthetic": ("sg_scale",),
+                "backward": ("sg_loss", "sg_r2", "sg_step_cosine", "sg_true_step_cosine")}
 INPUT_STEP_KEYS = ("input_loss", "input_r2")  # synthetic inputs: each later stage's input-model fit
 
 
@@ -45,9 +46,10 @@ class TrainResult:
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
     """One record per step: the loss and batch accuracy (summed over micro-batches); for each earlier
     stage its SG regression loss, the R^2 of the prediction it used against the target, and the scale
-    its update rule applied; on measured steps (gated) the weight-space cosine of its SG step, on
-    probed steps each earlier stage's SG cosine similarity, and under synthetic inputs each stage's input-model
-    loss and R^2 on the real input (lists over all stages, None for stage 0)."""
+    its update rule applied; on measured steps (gated) the weight-space cosines of its SG step and of the step
+    the true gradient would have taken to that gradient, on probed steps each earlier stage's SG cosine
+    similarity, and under synthetic inputs each stage's input-model loss and R^2 on the real input (lists over
+    all stages, None for stage 0)."""
     records: dict[int, dict] = {}
     per_stage = lambda: [None] * (cfg.stages - 1)  # noqa: E731
     for event in events:

@@ -13,8 +13,9 @@ Modes:
   regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
   How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
   as Jaderberg et al. do; ``gated`` (the default) does the same with Adam's learning rate scaled by the
-  measured cosine between the step Adam takes and the gradient the true target gives the weights
-  (`StepTrust`, measured on every `sg_trust_every`-th batch); ``calibrated`` scales the prediction by its measured fit
+  measured cosine between the step Adam takes and the gradient the true target gives the weights, read
+  against the cosine the true gradient's own Adam step has (`StepTrust`, measured on every
+  `sg_trust_every`-th batch); ``calibrated`` scales the prediction by its measured fit
   in activation space (`Calibration`) and steps with SGD and momentum (see docs/training.md).
   An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
@@ -43,7 +44,7 @@ from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 from .synthetic_inputs import SyntheticInputModel
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "WORK_KINDS",
-           "Message", "NonFiniteError", "Stage", "adam_step_direction",
+           "Message", "NonFiniteError", "Stage", "adam_direction", "adam_moments",
            "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
@@ -67,18 +68,31 @@ class Message:
     micro: int = 0
 
 
-def adam_step_direction(optimizer: torch.optim.Adam, params) -> list[torch.Tensor]:
-    """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
-    the root of the second), parameter by parameter; zero for a parameter it has not stepped yet."""
-    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
-    direction = []
+def adam_moments(optimizer: torch.optim.Adam, params) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """A copy of Adam's state now, parameter by parameter: (first moment, second moment, steps taken)."""
+    moments = []
     for param in params:
         state = optimizer.state.get(param)
         if not state:
-            direction.append(torch.zeros_like(param))
+            moments.append((torch.zeros_like(param), torch.zeros_like(param), 0.0))
+        else:
+            moments.append((state["exp_avg"].clone(), state["exp_avg_sq"].clone(), float(state["step"])))
+    return moments
+
+
+def adam_direction(optimizer: torch.optim.Adam, moments, grads=None) -> list[torch.Tensor]:
+    """The step Adam takes per unit of learning rate from `moments` (bias-corrected first moment over the root
+    of the second; zero for a parameter never stepped); with `grads`, the one it would take after one more
+    step on those gradients."""
+    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
+    direction = []
+    for k, (first, second, t) in enumerate(moments):
+        if grads is not None:
+            first, second, t = beta1 * first + (1 - beta1) * grads[k], beta2 * second + (1 - beta2) * grads[k] ** 2, t + 1
+        if t == 0:
+            direction.append(torch.zeros_like(first))
             continue
-        t = float(state["step"])
-        direction.append(state["exp_avg"] / (1 - beta1**t) / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
+        direction.append(first / (1 - beta1**t) / ((second / (1 - beta2**t)).sqrt() + eps))
     return direction
 
 
@@ -165,7 +179,8 @@ class Stage:
         # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
         self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
-        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, Adam's step)
+        # (step, micro) -> (output, weights it was made with, Adam's moments after its step)
+        self.measuring: dict[tuple[int, int], tuple] = {}
         self.updates = 0
 
     # -- training --------------------------------------------------------------------------------
@@ -205,7 +220,7 @@ class Stage:
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, adam_moments(self.optimizer, self.module.parameters()))
         return metrics
 
     def synthetic_step(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -259,7 +274,7 @@ class Stage:
             (grad,) = torch.autograd.grad(out, h_in, predicted * scale, retain_graph=measured)
             self.send(Message("backward", step, grad, micro=micro))
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, adam_moments(self.optimizer, self.module.parameters()))
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -272,9 +287,10 @@ class Stage:
         h, labels, predicted = self.pending.pop((step, micro))
         metrics = {}
         if (step, micro) in self.measuring:
-            out, weights, direction = self.measuring.pop((step, micro))
+            out, weights, moments = self.measuring.pop((step, micro))
             true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            metrics["sg_step_cosine"] = self.trust.update(direction, list(true))
+            taken, true_step = adam_direction(self.optimizer, moments), adam_direction(self.optimizer, moments, true)
+            metrics.update(self.trust.update(taken, true_step, list(true)))
         if self.calibration:
             self.calibration.update(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)

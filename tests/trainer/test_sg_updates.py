@@ -54,11 +54,12 @@ def test_calibration_is_alpha_times_the_cosine_of_the_running_sums():
     assert restored.scale == calibration.scale
 
 
-def _trusted(cosines) -> StepTrust:
+def _trusted(cosines, reference=1.0) -> StepTrust:
+    """A trust fed steps at the given cosines to their true gradients, the true gradient's own step at `reference`."""
     trust = StepTrust()
+    at = lambda cosine: torch.tensor([cosine, (1 - cosine**2) ** 0.5], dtype=torch.float64)  # noqa: E731
     for cosine in cosines:
-        direction = torch.tensor([1.0, 0.0])
-        trust.update([direction], [torch.tensor([cosine, (1 - cosine**2) ** 0.5])])
+        trust.update([at(cosine)], [at(reference)], [torch.tensor([1.0, 0.0], dtype=torch.float64)])
     return trust
 
 
@@ -75,10 +76,23 @@ def test_step_trust_is_a_lower_bound_on_the_recent_cosines():
     variance = sum(w * c * c for w, c in zip(weights, cosines)) / total - mean**2
     effective = total**2 / sum(w * w for w in weights)
     trust = _trusted(cosines)
-    assert trust.scale == pytest.approx(mean - 2 * (variance / effective) ** 0.5, rel=1e-6)  # (float32 cosines)
+    assert trust.scale == pytest.approx(mean - 2 * (variance / effective) ** 0.5, rel=1e-9)
     restored = StepTrust()
     restored.load_state_dict(trust.state_dict())
     assert restored.scale == trust.scale
+
+
+def test_step_trust_reads_the_bound_against_the_true_gradients_own_step():
+    """Where Adam's step on the true gradient would sit at cosine 0.2 to it, an SG step surely at 0.1 is half
+    as good (half the learning rate) and one at 0.3 is taken at the full rate."""
+    assert _trusted([0.1] * 30, reference=0.2).scale == pytest.approx(0.5)
+    assert _trusted([0.3] * 30, reference=0.2).scale == 1.0
+    assert _trusted([0.3, -0.3] * 15, reference=0.2).scale == 0.0  # the bound still shuts a useless SG
+    assert _trusted([0.1] * 30, reference=-0.2).scale == 0.0  # a true step that would not descend: no step
+    trust = _trusted([0.1, 0.15, 0.12], reference=0.2)
+    restored = StepTrust()
+    restored.load_state_dict(trust.state_dict())
+    assert restored.scale == trust.scale > 0
 
 
 def test_sg_driven_training_is_no_worse_than_the_sg_off_ablation(ray_session, mnist_dir):

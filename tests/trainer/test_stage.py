@@ -346,15 +346,21 @@ def test_gated_trust_is_the_cosine_of_adams_step_to_the_true_gradient_and_scales
     stage.forward(0, 0, h_in.clone(), labels)
     for name, param in block.named_parameters():
         assert torch.equal(param, dict(reference.named_parameters())[name]), name  # trust 0: no step
-    cosine = stage.backward(0, 0, target)["sg_step_cosine"]
+    measured = stage.backward(0, 0, target)
     true = adam_step(0.0, h_in, labels, sg_before, target)
-    direction = [adam.state[p]["exp_avg"] / 0.1 / ((adam.state[p]["exp_avg_sq"] / 0.001).sqrt() + 1e-8)
-                 for p in reference.parameters()]
+    moments = [(adam.state[p]["exp_avg"], adam.state[p]["exp_avg_sq"]) for p in reference.parameters()]
+    direction = [m / 0.1 / ((v / 0.001).sqrt() + 1e-8) for m, v in moments]
     expected = F.cosine_similarity(_flat(direction), _flat(true), dim=0).item()
-    assert cosine == pytest.approx(expected, abs=1e-5) and abs(expected) > 0.01
+    assert measured["sg_step_cosine"] == pytest.approx(expected, abs=1e-5) and abs(expected) > 0.01
     assert stage.trust.cosine == pytest.approx(0.3 * expected, abs=1e-6)
+    # The reference: Adam's step after one more step, on the true gradient, from the same moments.
+    true_step = [(0.9 * m + 0.1 * g) / 0.19 / (((0.999 * v + 0.001 * g**2) / (1 - 0.999**2)).sqrt() + 1e-8)
+                 for (m, v), g in zip(moments, true)]
+    expected = F.cosine_similarity(_flat(true_step), _flat(true), dim=0).item()
+    assert measured["sg_true_step_cosine"] == pytest.approx(expected, abs=1e-5) and expected > measured["sg_step_cosine"]
 
-    stage.trust.load_state_dict({"cosine": 0.5, "square": 0.25, "measured": 60})  # many batches at cosine 0.5
+    # many batches at cosine 0.5, the true gradient's own steps at 1: half as sure, half the learning rate
+    stage.trust.load_state_dict({"cosine": 0.5, "square": 0.25, "reference": 1 - 0.7**60, "measured": 60})
     sg_now = copy.deepcopy(sg)
     h_in, labels, _ = batches[1]
     stage.forward(1, 0, h_in.clone(), labels)
