@@ -318,9 +318,10 @@ def _flat(grads) -> torch.Tensor:
 def test_gated_trust_is_the_cosine_of_adams_step_to_the_true_gradient_and_scales_the_step():
     """Step 0 is measured: when its target comes back, the cosine recorded is the one between the step
     Adam takes after the prediction's weight gradient (its bias-corrected moments, per unit of learning
-    rate) and the weight gradient of <block(h_in), target> at the weights the batch was computed with.
-    The trust starts at 0, so step 0 leaves the weights where they were; step 1 is Adam's step at
-    lr x trust, with Adam's moments fed by both steps' gradients."""
+    rate) and the weight gradient of <block(h_in), target> at the weights the batch was computed with, and
+    beside it the same cosine for Adam's step after one more step on that true gradient. The trust starts
+    at 0, so step 0 leaves the weights where they were; step 1 is Adam's step at lr x trust, with Adam's
+    moments fed by both steps' gradients."""
     torch.manual_seed(0)
     block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
     sg = SyntheticGradient((16,), [], 5)
