@@ -139,8 +139,7 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
         if measured:  # the cosine of the step Adam now takes to the true weight gradient, as stage.py measures it
             moments = adam_moments(first_optimizer, params)
             true_grads = [g.view_as(p) for g, p in zip(true_weights.split([p.numel() for p in params]), params)]
-            trust.update(adam_direction(first_optimizer, moments), adam_direction(first_optimizer, moments, true_grads),
-                         true_grads)
+            trust.update(adam_direction(first_optimizer, moments), true_grads)
         calibration.update(predicted, true)
         sg.regression_loss(h.detach(), y, true).backward()
         sg_optimizer.step()

@@ -106,7 +106,7 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-update", choices=SG_UPDATES, help=(
         "how a stage driven by its SG steps: gated (the prediction into Adam, its learning rate scaled by a lower "
         "bound on the measured cosine between Adam's step and the weight gradient the true target gives, over the "
-        "cosine Adam's step on that true gradient would have), "
+        "same cosine for Adam's step on the measured true gradients alone), "
         "calibrated (the prediction scaled by its measured least-squares fit to the targets that come back, "
         f"SGD with momentum) or paper (the raw prediction into Adam, as Jaderberg et al.); default {d.sg_update}"))
     train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")

@@ -46,8 +46,8 @@ class TrainResult:
 def step_records(cfg: TrainConfig, events: list[dict], steps_per_epoch: int) -> list[dict]:
     """One record per step: the loss and batch accuracy (summed over micro-batches); for each earlier
     stage its SG regression loss, the R^2 of the prediction it used against the target, and the scale
-    its update rule applied; on measured steps (gated) the weight-space cosines of its SG step and of the step
-    the true gradient would have taken to that gradient, on probed steps each earlier stage's SG cosine
+    its update rule applied; on measured steps (gated) the weight-space cosines to the true gradient of its SG
+    step and of Adam's step on the measured true gradients alone, on probed steps each earlier stage's SG cosine
     similarity, and under synthetic inputs each stage's input-model loss and R^2 on the real input (lists over
     all stages, None for stage 0)."""
     records: dict[int, dict] = {}

@@ -14,7 +14,7 @@ Modes:
   How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
   as Jaderberg et al. do; ``gated`` (the default) does the same with Adam's learning rate scaled by the
   measured cosine between the step Adam takes and the gradient the true target gives the weights, read
-  against the cosine the true gradient's own Adam step has (`StepTrust`, measured on every
+  against the cosine of Adam's step on the measured true gradients alone (`StepTrust`, measured on every
   `sg_trust_every`-th batch); ``calibrated`` scales the prediction by its measured fit
   in activation space (`Calibration`) and steps with SGD and momentum (see docs/training.md).
   An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
@@ -80,15 +80,12 @@ def adam_moments(optimizer: torch.optim.Adam, params) -> list[tuple[torch.Tensor
     return moments
 
 
-def adam_direction(optimizer: torch.optim.Adam, moments, grads=None) -> list[torch.Tensor]:
+def adam_direction(optimizer: torch.optim.Adam, moments) -> list[torch.Tensor]:
     """The step Adam takes per unit of learning rate from `moments` (bias-corrected first moment over the root
-    of the second; zero for a parameter never stepped); with `grads`, the one it would take after one more
-    step on those gradients."""
+    of the second; zero for a parameter never stepped)."""
     (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
     direction = []
-    for k, (first, second, t) in enumerate(moments):
-        if grads is not None:
-            first, second, t = beta1 * first + (1 - beta1) * grads[k], beta2 * second + (1 - beta2) * grads[k] ** 2, t + 1
+    for first, second, t in moments:
         if t == 0:
             direction.append(torch.zeros_like(first))
             continue
@@ -289,8 +286,7 @@ class Stage:
         if (step, micro) in self.measuring:
             out, weights, moments = self.measuring.pop((step, micro))
             true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            taken, true_step = adam_direction(self.optimizer, moments), adam_direction(self.optimizer, moments, true)
-            metrics.update(self.trust.update(taken, true_step, list(true)))
+            metrics.update(self.trust.update(adam_direction(self.optimizer, moments), list(true)))
         if self.calibration:
             self.calibration.update(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)

@@ -154,21 +154,26 @@ class StepTrust:
     stage stays where the SG-off ablation would leave it (docs/results.md, "The gated update").
 
     Even backprop's Adam step sits well below cosine 1 to its batch's gradient (its moments average many
-    batches), so the bound is read against the same cosine for the step Adam would take next were the true
-    gradient its next one (its moments after the SG step, stepped once more on the true gradient): on the
-    paper's FCN the SG's steps sat at 0.2-0.3 while they drove the stage well, and a trust of the bound
-    alone (0.13-0.26) made the stage learn at a fifth of its rate, behind the paper's ungated rule. The
-    trust is the bound over that reference's mean, clipped to [0, 1]: a step as sure as the true gradient's
-    own is taken at the full learning rate.
+    batches), so the bound is read against the same cosine for the step Adam takes on the measured true
+    gradients alone (moments of its own, fed one true gradient a measurement, its betas taken over the four
+    steps between measurements): on the paper's FCN the SG's steps sat at 0.2-0.3 while they drove the stage
+    well, and a trust of the bound alone (0.13-0.26) made the stage learn at a fifth of its rate, behind the
+    paper's ungated rule. The trust is the bound over that reference's mean, clipped to [0, 1]: a step as
+    sure as the true gradient's own is taken at the full learning rate. The reference is kept apart from the
+    stage's own moments because those are the SG's: a reference built from them was small exactly where the
+    SG had steered them wrong, and dividing by it opened the gate (dni with synthetic inputs, docs/results.md).
     """
 
     DECAY = 0.7  # measurements are every few steps: weight 0.7^k on the one k measurements back
     STANDARD_ERRORS = 2.0
 
+    TRUE_BETAS = (0.9**4, 0.999**4)  # Adam's betas over the 4 steps between measurements (--sg-trust-every)
+
     def __init__(self):
         self.cosine = self.square = 0.0  # exponentially weighted sums of the cosines and their squares
         self.reference = 0.0  # exponentially weighted sum of the true gradient's own step's cosines
         self.measured = 0
+        self.true_moments: tuple[torch.Tensor, torch.Tensor] | None = None  # Adam's moments of the true gradients
 
     @property
     def scale(self) -> float:
@@ -182,14 +187,17 @@ class StepTrust:
         bound = mean - self.STANDARD_ERRORS * (variance / effective) ** 0.5
         return min(1.0, bound / reference) if bound > 0 and reference > 0 else 0.0
 
-    def update(self, step: list[torch.Tensor], true_step: list[torch.Tensor],
-               true: list[torch.Tensor]) -> dict[str, float]:
-        """Record one batch: the step the prediction drove and the one the true gradient would have (per unit of
-        learning rate, parameter by parameter), and the true gradient of the same weights; returns the two
-        steps' cosines to it (``sg_step_cosine``, ``sg_true_step_cosine``)."""
-        flat = lambda tensors: torch.cat([t.flatten() for t in tensors])  # noqa: E731
-        true_flat = flat(true)
-        cosine, reference = _cosine(flat(step), true_flat), _cosine(flat(true_step), true_flat)
+    def update(self, step: list[torch.Tensor], true: list[torch.Tensor]) -> dict[str, float]:
+        """Record one batch: the step the prediction drove (per unit of learning rate, parameter by parameter) and
+        the true gradient of the same weights; returns the cosines to it of that step and of the step Adam would
+        take on the measured true gradients alone (``sg_step_cosine``, ``sg_true_step_cosine``)."""
+        true_flat = torch.cat([t.flatten() for t in true])
+        (beta1, beta2), n = self.TRUE_BETAS, self.measured + 1
+        first, second = self.true_moments or (torch.zeros_like(true_flat), torch.zeros_like(true_flat))
+        first, second = beta1 * first + (1 - beta1) * true_flat, beta2 * second + (1 - beta2) * true_flat**2
+        self.true_moments = (first, second)
+        true_step = first / (1 - beta1**n) / ((second / (1 - beta2**n)).sqrt() + 1e-8)
+        cosine, reference = _cosine(torch.cat([t.flatten() for t in step]), true_flat), _cosine(true_step, true_flat)
         self.cosine = self.DECAY * self.cosine + (1 - self.DECAY) * cosine
         self.square = self.DECAY * self.square + (1 - self.DECAY) * cosine**2
         self.reference = self.DECAY * self.reference + (1 - self.DECAY) * reference
@@ -197,11 +205,12 @@ class StepTrust:
         return {"sg_step_cosine": cosine, "sg_true_step_cosine": reference}
 
     def state_dict(self) -> dict:
-        return {"cosine": self.cosine, "square": self.square, "reference": self.reference, "measured": self.measured}
+        return {"cosine": self.cosine, "square": self.square, "reference": self.reference, "measured": self.measured,
+                "true_moments": self.true_moments}
 
     def load_state_dict(self, state: dict) -> None:
         self.cosine, self.square, self.reference = state["cosine"], state["square"], state["reference"]
-        self.measured = state["measured"]
+        self.measured, self.true_moments = state["measured"], state["true_moments"]
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

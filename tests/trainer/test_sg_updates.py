@@ -2,6 +2,7 @@
 MNIST doing no worse than the same run with its synthetic gradients switched off."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -54,12 +55,14 @@ def test_calibration_is_alpha_times_the_cosine_of_the_running_sums():
     assert restored.scale == calibration.scale
 
 
-def _trusted(cosines, reference=1.0) -> StepTrust:
-    """A trust fed steps at the given cosines to their true gradients, the true gradient's own step at `reference`."""
+def _trusted(cosines, true=None) -> StepTrust:
+    """A trust fed steps at the given cosines to their true gradients (all along (1, 0) unless `true` gives them)."""
     trust = StepTrust()
-    at = lambda cosine: torch.tensor([cosine, (1 - cosine**2) ** 0.5], dtype=torch.float64)  # noqa: E731
-    for cosine in cosines:
-        trust.update([at(cosine)], [at(reference)], [torch.tensor([1.0, 0.0], dtype=torch.float64)])
+    for k, cosine in enumerate(cosines):
+        gradient = torch.tensor([1.0, 0.0], dtype=torch.float64) if true is None else true[k]
+        angle = math.atan2(float(gradient[1]), float(gradient[0])) + math.acos(cosine)
+        step = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+        trust.update([step], [gradient])
     return trust
 
 
@@ -83,13 +86,22 @@ def test_step_trust_is_a_lower_bound_on_the_recent_cosines():
 
 
 def test_step_trust_reads_the_bound_against_the_true_gradients_own_step():
-    """Where Adam's step on the true gradient would sit at cosine 0.2 to it, an SG step surely at 0.1 is half
-    as good (half the learning rate) and one at 0.3 is taken at the full rate."""
-    assert _trusted([0.1] * 30, reference=0.2).scale == pytest.approx(0.5)
-    assert _trusted([0.3] * 30, reference=0.2).scale == 1.0
-    assert _trusted([0.3, -0.3] * 15, reference=0.2).scale == 0.0  # the bound still shuts a useless SG
-    assert _trusted([0.1] * 30, reference=-0.2).scale == 0.0  # a true step that would not descend: no step
-    trust = _trusted([0.1, 0.15, 0.12], reference=0.2)
+    """The reference is the cosine to each true gradient of Adam's step on the measured true gradients alone (betas
+    over four steps, bias-corrected): along one direction it is 1, so the trust is the bound itself; for
+    gradients that alternate between two directions at 60 degrees it is below 1 and the trust is the bound over it."""
+    assert _trusted([0.4] * 30).scale == pytest.approx(0.4)
+    alternating = [torch.tensor([math.cos(a), math.sin(a)], dtype=torch.float64) for a in [0.0, math.pi / 3] * 15]
+    trust = _trusted([0.3] * 30, alternating)
+    (beta1, beta2), first, second, reference = StepTrust.TRUE_BETAS, torch.zeros(2, dtype=torch.float64), \
+        torch.zeros(2, dtype=torch.float64), 0.0
+    for n, g in enumerate(alternating, 1):
+        first, second = beta1 * first + (1 - beta1) * g, beta2 * second + (1 - beta2) * g**2
+        step = first / (1 - beta1**n) / ((second / (1 - beta2**n)).sqrt() + 1e-8)
+        reference = 0.7 * reference + 0.3 * float(step @ g / step.norm())
+    reference /= 1 - 0.7**30
+    assert 0.5 < reference < 0.99
+    assert trust.scale == pytest.approx(min(1.0, 0.3 / reference), rel=1e-7)
+    assert _trusted([0.3, -0.3] * 15, alternating).scale == 0.0  # the bound still shuts a useless SG
     restored = StepTrust()
     restored.load_state_dict(trust.state_dict())
     assert restored.scale == trust.scale > 0
