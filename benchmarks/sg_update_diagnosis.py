@@ -34,7 +34,7 @@ from dni_pipeline.core.text import load_kjv
 from dni_pipeline.trainer.models.gpt import gpt
 from dni_pipeline.trainer.models.resnet import resnet
 from dni_pipeline.trainer.network import build_stages, parse_arch
-from dni_pipeline.trainer.stage import SG_MOMENTUM, adam_direction, adam_moments, learning_rate
+from dni_pipeline.trainer.stage import SG_MOMENTUM, adam_step_direction, learning_rate
 from dni_pipeline.trainer.synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 
 DRIVES = ("frozen", "true-adam", "true-sgd", "paper", "calibrated", "gated")
@@ -108,7 +108,7 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
     sgd = drive in ("true-sgd", "calibrated")
     first_optimizer = (torch.optim.SGD(first.parameters(), SGD_LR, momentum=SG_MOMENTUM) if sgd
                        else torch.optim.Adam(first.parameters(), LR))
-    calibration, trust = Calibration(), StepTrust()
+    calibration, trust = Calibration(), StepTrust(TRUST_EVERY)
     params = list(first.parameters())
     order = np.random.default_rng(0).permutation(len(data.x_train))
     print(f"== {model}, stage 0 driven by {drive}")
@@ -137,9 +137,7 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
             first_optimizer.step()
             first_optimizer.zero_grad()
         if measured:  # the cosine of the step Adam now takes to the true weight gradient, as stage.py measures it
-            moments = adam_moments(first_optimizer, params)
-            true_grads = [g.view_as(p) for g, p in zip(true_weights.split([p.numel() for p in params]), params)]
-            trust.update(adam_direction(first_optimizer, moments), true_grads)
+            trust.update(adam_step_direction(first_optimizer, params), [true_weights])
         calibration.update(predicted, true)
         sg.regression_loss(h.detach(), y, true).backward()
         sg_optimizer.step()
@@ -148,7 +146,7 @@ def run(model: str, drive: str, data_dir: Path, steps: int) -> None:
             line = (f"step {step:4d}  cosine activations {_cosine(predicted, true):+.3f} weights "
                     f"{_cosine(predicted_weights, true_weights):+.3f}  ")
             if drive != "frozen":
-                adam = torch.cat([d.flatten() for d in adam_direction(first_optimizer, adam_moments(first_optimizer, params))])
+                adam = torch.cat([d.flatten() for d in adam_step_direction(first_optimizer, params)])
                 step_cosines.append((_cosine(adam, true_weights), _cosine(adam, held_out)))
                 line += f"Adam's step to same batch {step_cosines[-1][0]:+.3f} held out {step_cosines[-1][1]:+.3f}  "
             line += (f"batch-mean share of prediction "

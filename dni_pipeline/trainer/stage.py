@@ -44,7 +44,7 @@ from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 from .synthetic_inputs import SyntheticInputModel
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "WORK_KINDS",
-           "Message", "NonFiniteError", "Stage", "adam_direction", "adam_moments",
+           "Message", "NonFiniteError", "Stage", "adam_step_direction",
            "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
@@ -68,28 +68,18 @@ class Message:
     micro: int = 0
 
 
-def adam_moments(optimizer: torch.optim.Adam, params) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """A copy of Adam's state now, parameter by parameter: (first moment, second moment, steps taken)."""
-    moments = []
+def adam_step_direction(optimizer: torch.optim.Adam, params) -> list[torch.Tensor]:
+    """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
+    the root of the second), parameter by parameter; zero for a parameter it has not stepped yet."""
+    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
+    direction = []
     for param in params:
         state = optimizer.state.get(param)
         if not state:
-            moments.append((torch.zeros_like(param), torch.zeros_like(param), 0.0))
-        else:
-            moments.append((state["exp_avg"].clone(), state["exp_avg_sq"].clone(), float(state["step"])))
-    return moments
-
-
-def adam_direction(optimizer: torch.optim.Adam, moments) -> list[torch.Tensor]:
-    """The step Adam takes per unit of learning rate from `moments` (bias-corrected first moment over the root
-    of the second; zero for a parameter never stepped)."""
-    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
-    direction = []
-    for first, second, t in moments:
-        if t == 0:
-            direction.append(torch.zeros_like(first))
+            direction.append(torch.zeros_like(param))
             continue
-        direction.append(first / (1 - beta1**t) / ((second / (1 - beta2**t)).sqrt() + eps))
+        t = float(state["step"])
+        direction.append(state["exp_avg"] / (1 - beta1**t) / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
     return direction
 
 
@@ -156,7 +146,7 @@ class Stage:
         # An SG-driven stage under `calibrated` steps with SGD: its gradient's size carries the trust.
         self.calibration = Calibration() if sg_model is not None and sg_update == "calibrated" else None
         # Under `gated` an SG-driven stage steps with Adam at its learning rate times the measured trust.
-        self.trust = StepTrust() if sg_model is not None and sg_update == "gated" and not sg_off else None
+        self.trust = StepTrust(sg_trust_every) if sg_model is not None and sg_update == "gated" and not sg_off else None
         self.trust_every = sg_trust_every
         if self.calibration:
             self.lr, self.optimizer = sg_update_lr, torch.optim.SGD(params, lr=sg_update_lr, momentum=SG_MOMENTUM)
@@ -176,8 +166,7 @@ class Stage:
         # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
         self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
-        # (step, micro) -> (output, weights it was made with, Adam's moments after its step)
-        self.measuring: dict[tuple[int, int], tuple] = {}
+        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, Adam's step)
         self.updates = 0
 
     # -- training --------------------------------------------------------------------------------
@@ -217,7 +206,7 @@ class Stage:
             self._send_input_grad(step, micro, h_in)
         self._step(step)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_moments(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
 
     def synthetic_step(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -271,7 +260,7 @@ class Stage:
             (grad,) = torch.autograd.grad(out, h_in, predicted * scale, retain_graph=measured)
             self.send(Message("backward", step, grad, micro=micro))
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_moments(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -284,9 +273,9 @@ class Stage:
         h, labels, predicted = self.pending.pop((step, micro))
         metrics = {}
         if (step, micro) in self.measuring:
-            out, weights, moments = self.measuring.pop((step, micro))
+            out, weights, direction = self.measuring.pop((step, micro))
             true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            metrics.update(self.trust.update(adam_direction(self.optimizer, moments), list(true)))
+            metrics.update(self.trust.update(direction, list(true)))
         if self.calibration:
             self.calibration.update(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)

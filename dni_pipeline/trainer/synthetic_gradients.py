@@ -155,8 +155,8 @@ class StepTrust:
 
     Even backprop's Adam step sits well below cosine 1 to its batch's gradient (its moments average many
     batches), so the bound is read against the same cosine for the step Adam takes on the measured true
-    gradients alone (moments of its own, fed one true gradient a measurement, its betas taken over the four
-    steps between measurements): on the paper's FCN the SG's steps sat at 0.2-0.3 while they drove the stage
+    gradients alone (moments of its own, fed one true gradient a measurement, Adam's betas taken over the
+    `every` steps between measurements): on the paper's FCN the SG's steps sat at 0.2-0.3 while they drove the stage
     well, and a trust of the bound alone (0.13-0.26) made the stage learn at a fifth of its rate, behind the
     paper's ungated rule. The trust is the bound over that reference's mean, clipped to [0, 1]: a step as
     sure as the true gradient's own is taken at the full learning rate. The reference is kept apart from the
@@ -167,9 +167,8 @@ class StepTrust:
     DECAY = 0.7  # measurements are every few steps: weight 0.7^k on the one k measurements back
     STANDARD_ERRORS = 2.0
 
-    TRUE_BETAS = (0.9**4, 0.999**4)  # Adam's betas over the 4 steps between measurements (--sg-trust-every)
-
-    def __init__(self):
+    def __init__(self, every: int = 4):
+        self.true_betas = (0.9**every, 0.999**every)  # Adam's betas over the steps between measurements
         self.cosine = self.square = 0.0  # exponentially weighted sums of the cosines and their squares
         self.reference = 0.0  # exponentially weighted sum of the true gradient's own step's cosines
         self.measured = 0
@@ -192,7 +191,7 @@ class StepTrust:
         the true gradient of the same weights; returns the cosines to it of that step and of the step Adam would
         take on the measured true gradients alone (``sg_step_cosine``, ``sg_true_step_cosine``)."""
         true_flat = torch.cat([t.flatten() for t in true])
-        (beta1, beta2), n = self.TRUE_BETAS, self.measured + 1
+        (beta1, beta2), n = self.true_betas, self.measured + 1
         first, second = self.true_moments or (torch.zeros_like(true_flat), torch.zeros_like(true_flat))
         first, second = beta1 * first + (1 - beta1) * true_flat, beta2 * second + (1 - beta2) * true_flat**2
         self.true_moments = (first, second)

@@ -87,12 +87,12 @@ def test_step_trust_is_a_lower_bound_on_the_recent_cosines():
 
 def test_step_trust_reads_the_bound_against_the_true_gradients_own_step():
     """The reference is the cosine to each true gradient of Adam's step on the measured true gradients alone (betas
-    over four steps, bias-corrected): along one direction it is 1, so the trust is the bound itself; for
+    over the four steps between measurements, bias-corrected): along one direction it is 1, so the trust is the bound itself; for
     gradients that alternate between two directions at 60 degrees it is below 1 and the trust is the bound over it."""
     assert _trusted([0.4] * 30).scale == pytest.approx(0.4)
     alternating = [torch.tensor([math.cos(a), math.sin(a)], dtype=torch.float64) for a in [0.0, math.pi / 3] * 15]
     trust = _trusted([0.3] * 30, alternating)
-    (beta1, beta2), first, second, reference = StepTrust.TRUE_BETAS, torch.zeros(2, dtype=torch.float64), \
+    (beta1, beta2), first, second, reference = (0.9**4, 0.999**4), torch.zeros(2, dtype=torch.float64), \
         torch.zeros(2, dtype=torch.float64), 0.0
     for n, g in enumerate(alternating, 1):
         first, second = beta1 * first + (1 - beta1) * g, beta2 * second + (1 - beta2) * g**2
