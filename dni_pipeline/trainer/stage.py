@@ -24,8 +24,8 @@ Synthetic inputs (dni, cdni; the complete unlock): every stage after the first a
 I(x) of its input. Each stage updates as soon as the driver hands it the batch (`synthetic_step`: on I(x),
 or on the data for stage 0), and the real inputs travel the pipeline as a stream of their own
 (`real_input`): a stage regresses I(x) on the real input of the same batch, sends its output on it to the
-next stage and the gradient at it back as the SG target of the stage before. Its block's weights move
-only in the synthetic step.
+next stage and the gradient at it back as the SG target of the stage before, and (after the first) steps
+its block again on that gradient, so the block also learns the inputs evaluation gives it.
 """
 
 import contextlib
@@ -192,18 +192,7 @@ class Stage:
             aux_loss.backward()
             metrics["aux_loss"] = aux_loss.item()
         else:
-            h = out.detach()
-            predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
-            self.pending[(step, micro)] = (h, labels, predicted)
-            scale = self.calibration.scale if self.calibration else 1.0
-            if measured:
-                out.backward(predicted, retain_graph=True)
-                for name, param in self.module.named_parameters():
-                    param.grad = weights[name].grad
-            else:
-                out.backward(predicted * scale)
-            metrics["sg_scale"] = self.trust.scale if self.trust else scale
-            self._send_input_grad(step, micro, h_in)
+            metrics.update(self._sg_backward(step, micro, out, weights, h_in, labels))
         self._step(step)
         if measured:
             self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
@@ -231,8 +220,10 @@ class Stage:
         """Synthetic inputs: the real input of a step (stage 0: its data), which this stage has usually updated on
         already. It is the input model's regression target for the same batch `x`; the block's output on it goes
         on to the next stage (whose input model's target it is) and the gradient at it goes back as the SG target
-        of the stage before, from the true loss on the last stage and from this stage's SG elsewhere. The block's
-        weights do not move here; its BatchNorm running statistics do (these are the inputs evaluation sees)."""
+        of the stage before, from the true loss on the last stage and from this stage's SG elsewhere. A stage after
+        the first then steps its block again, on that gradient: the inputs evaluation gives it are these, not I(x)
+        (stepped on I(x) alone, FCN-6 cdni reached 39% on MNIST, seed 0; 93.7% with this step). Its BatchNorm running
+        statistics move here too. This step is not counted in `updates`: the update that unlocks is the first."""
         metrics = {}
         if self.input_model is not None:
             input_loss = self.input_model.regression_loss(x, h_in)
@@ -248,17 +239,17 @@ class Stage:
             out, weights = self._block_forward(step, h_in, measured)
         if self.is_last:
             loss = self._check("loss", step, self.objective.loss(out, labels))
-            (grad,) = torch.autograd.grad(loss, h_in)
-            self.send(Message("backward", step, grad, micro=micro))
+            loss.backward()
+            self._send_input_grad(step, micro, h_in)
+            self._apply_gradients(step)
             return {**metrics, **self._scores(loss, out, labels)}
-        h = out.detach()
-        self.send(Message("forward", step, h, labels, micro))
-        predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
-        self.pending[(step, micro)] = (h, labels, predicted)
+        self.send(Message("forward", step, out.detach(), labels, micro))
         if self.index > 0:
-            scale = self.calibration.scale if self.calibration else 1.0
-            (grad,) = torch.autograd.grad(out, h_in, predicted * scale, retain_graph=measured)
-            self.send(Message("backward", step, grad, micro=micro))
+            self._sg_backward(step, micro, out, weights, h_in, labels)
+            self._apply_gradients(step)
+        else:  # stage 0's input is the data its update was made on: its output only waits for the SG's target
+            self.pending[(step, micro)] = (out.detach(), labels, self._check("synthetic gradient", step,
+                                                                             self.sg.predict(out.detach(), labels)))
         if measured:
             self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
@@ -436,6 +427,21 @@ class Stage:
         if self.index > 0 and self.mode != "dgl" and not self.sg_off:
             self.send(Message("backward", step, h_in.grad, micro=micro))
 
+    def _sg_backward(self, step: int, micro: int, out: torch.Tensor, weights: dict | None, h_in: torch.Tensor,
+                     labels: torch.Tensor) -> dict:
+        """Backpropagate the SG's prediction at `out` into the block (into the copy of its weights on a measured
+        batch, whose graph is kept for the true target) and send the gradient at its input upstream."""
+        h = out.detach()
+        predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
+        self.pending[(step, micro)] = (h, labels, predicted)
+        scale = self.calibration.scale if self.calibration else 1.0
+        out.backward(predicted * scale, retain_graph=weights is not None)
+        if weights is not None:
+            for name, param in self.module.named_parameters():
+                param.grad = weights[name].grad
+        self._send_input_grad(step, micro, h_in)
+        return {"sg_scale": self.trust.scale if self.trust else scale}
+
     def _set_lr(self, optimizer: torch.optim.Optimizer, base: float, step: int) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(base, self.lr_schedule, step, self.total_steps)
@@ -443,10 +449,13 @@ class Stage:
     def _step(self, step: int) -> None:
         if step != self.updates:  # each step once, in order: a replayed or skipped step is a bug, not a result
             raise self._out_of_order(step)
+        self._apply_gradients(step)
+        self.updates += 1
+
+    def _apply_gradients(self, step: int) -> None:
         self._set_lr(self.optimizer, self.lr * (self.trust.scale if self.trust else 1.0), step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
 
     def _out_of_order(self, step: int) -> RuntimeError:
         return RuntimeError(f"stage {self.index} was asked to apply step {step} after {self.updates} updates")

@@ -54,7 +54,6 @@ def test_real_input_is_the_input_models_target_and_sends_the_real_output_and_the
     sent = []
     stage, block, sg, inputs = _middle_stage(sent)
     x, labels, h_real = torch.randn(8, 12), torch.arange(8) % 5, torch.randn(8, 16).relu()
-    weights = copy.deepcopy(stage.module.state_dict())
     stage.real_input(0, 0, h_real.clone(), labels, x)
 
     # The input model took one Adam step on MSE(I(x), real input of the same batch).
@@ -63,16 +62,37 @@ def test_real_input_is_the_input_models_target_and_sends_the_real_output_and_the
     torch.optim.Adam(inputs.parameters(), lr=1e-2).step()
     for mine, reference in zip(stage.input_model.parameters(), inputs.parameters()):
         torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
-    # The block's weights did not move; it sent on its output on the real input, and back d<out, M(out)>/dh.
-    assert all(torch.equal(v, weights[k]) for k, v in stage.module.state_dict().items() if "running" not in k and
-               "num_batches" not in k)
+    # It sent on its output on the real input, and back d<out, M(out)>/dh; its block took one Adam step on
+    # M(out) backpropagated from there, not counted as an update.
     h = h_real.clone().requires_grad_()
     out = block(h)
-    (target,) = torch.autograd.grad((out * sg.predict(out.detach(), labels)).sum(), h)
+    (out * sg.predict(out.detach(), labels)).sum().backward()
     assert [m.kind for m in sent] == ["forward", "backward"]
     torch.testing.assert_close(sent[0].tensor, out.detach(), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(sent[1].tensor, target, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sent[1].tensor, h.grad, rtol=1e-6, atol=1e-7)
+    torch.optim.Adam(block.parameters(), lr=1e-2).step()
+    for mine, reference in zip(stage.module.parameters(), block.parameters()):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
     assert stage.updates == 0 and (0, 0) in stage.pending  # the SG's own target, for this output, comes later
+
+
+def test_the_head_steps_on_the_true_loss_of_its_real_input_and_sends_its_gradient():
+    sent = []
+    torch.manual_seed(0)
+    head = build_stages(parse_arch("fc16*2"), (12,), 5, 3, seed=1)[2]
+    stage = Stage(2, 3, head, "cdni", sent.append, lr=1e-2, lr_schedule="constant", total_steps=10,
+                  input_model=SyntheticInput((12,), (16,), [8]))
+    reference = copy.deepcopy(head)
+    x, labels, h_real = torch.randn(8, 12), torch.arange(8) % 5, torch.randn(8, 16).relu()
+    stage.real_input(0, 0, h_real.clone(), labels, x)
+
+    h = h_real.clone().requires_grad_()
+    F.cross_entropy(reference(h), labels).backward()
+    torch.optim.Adam(reference.parameters(), lr=1e-2).step()
+    for mine, expected in zip(stage.module.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, expected, rtol=1e-6, atol=1e-7)
+    assert [m.kind for m in sent] == ["backward"] and stage.updates == 0
+    torch.testing.assert_close(sent[0].tensor, h.grad, rtol=1e-6, atol=1e-7)
 
 
 def _digits(**overrides) -> TrainConfig:
