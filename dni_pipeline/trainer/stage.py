@@ -248,8 +248,7 @@ class Stage:
             self._sg_backward(step, micro, out, weights, h_in, labels)
             self._apply_gradients(step)
         else:  # stage 0's input is the data its update was made on: its output only waits for the SG's target
-            self.pending[(step, micro)] = (out.detach(), labels, self._check("synthetic gradient", step,
-                                                                             self.sg.predict(out.detach(), labels)))
+            self._predict_and_hold(step, micro, out, labels)
         if measured:
             self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
         return metrics
@@ -427,13 +426,18 @@ class Stage:
         if self.index > 0 and self.mode != "dgl" and not self.sg_off:
             self.send(Message("backward", step, h_in.grad, micro=micro))
 
+    def _predict_and_hold(self, step: int, micro: int, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The SG's prediction at `out`, held with it until its regression target comes back."""
+        h = out.detach()
+        predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
+        self.pending[(step, micro)] = (h, labels, predicted)
+        return predicted
+
     def _sg_backward(self, step: int, micro: int, out: torch.Tensor, weights: dict | None, h_in: torch.Tensor,
                      labels: torch.Tensor) -> dict:
         """Backpropagate the SG's prediction at `out` into the block (into the copy of its weights on a measured
         batch, whose graph is kept for the true target) and send the gradient at its input upstream."""
-        h = out.detach()
-        predicted = self._check("synthetic gradient", step, self.sg.predict(h, labels))
-        self.pending[(step, micro)] = (h, labels, predicted)
+        predicted = self._predict_and_hold(step, micro, out, labels)
         scale = self.calibration.scale if self.calibration else 1.0
         out.backward(predicted * scale, retain_graph=weights is not None)
         if weights is not None:

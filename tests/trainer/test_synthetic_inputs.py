@@ -76,6 +76,26 @@ def test_real_input_is_the_input_models_target_and_sends_the_real_output_and_the
     assert stage.updates == 0 and (0, 0) in stage.pending  # the SG's own target, for this output, comes later
 
 
+def test_a_measured_real_input_gives_adam_the_gradient_of_the_measured_copy_of_the_weights():
+    sent = []
+    torch.manual_seed(0)
+    block = build_stages(parse_arch("fc16*3"), (12,), 5, 3, seed=1)[1]
+    sg = SyntheticGradient((16,), [], 5)
+    torch.nn.init.normal_(sg.net[-1].weight, std=0.3)
+    stage = Stage(1, 3, block, "cdni", sent.append, lr=1e-2, lr_schedule="constant", total_steps=10, sg_model=sg,
+                  sg_trust_every=1, input_model=SyntheticInput((12,), (16,), [8]))  # gated: every batch measured
+    reference, reference_sg = copy.deepcopy(block), copy.deepcopy(sg)
+    x, labels, h_real = torch.randn(8, 12), torch.arange(8) % 5, torch.randn(8, 16).relu()
+    stage.real_input(0, 0, h_real.clone(), labels, x)
+
+    out = reference(h_real)
+    (out * reference_sg.predict(out.detach(), labels)).sum().backward()
+    (beta1, _), state = stage.optimizer.param_groups[0]["betas"], stage.optimizer.state
+    for mine, expected in zip(stage.module.parameters(), reference.parameters()):  # the trust is 0: no move yet
+        torch.testing.assert_close(state[mine]["exp_avg"], (1 - beta1) * expected.grad, rtol=1e-5, atol=1e-7)
+    assert (0, 0) in stage.measuring and stage.updates == 0
+
+
 def test_the_head_steps_on_the_true_loss_of_its_real_input_and_sends_its_gradient():
     sent = []
     torch.manual_seed(0)
