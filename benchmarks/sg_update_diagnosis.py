@@ -34,8 +34,9 @@ from dni_pipeline.core.text import load_kjv
 from dni_pipeline.trainer.models.gpt import gpt
 from dni_pipeline.trainer.models.resnet import resnet
 from dni_pipeline.trainer.network import build_stages, parse_arch
-from dni_pipeline.trainer.stage import SG_MOMENTUM, adam_step_direction, learning_rate
+from dni_pipeline.trainer.stage import learning_rate
 from dni_pipeline.trainer.synthetic_gradients import Calibration, StepTrust, SyntheticGradient
+from dni_pipeline.trainer.update_rules import SG_MOMENTUM, adam_step_direction
 
 DRIVES = ("frozen", "true-adam", "true-sgd", "paper", "calibrated", "gated")
 SGD_LR, LR, TRUST_EVERY = 0.05, 1e-3, 4

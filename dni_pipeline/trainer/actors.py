@@ -134,12 +134,8 @@ class StageActor:
             input_model = input_model.to(self.device)
         self.synthetic_inputs = cfg.synthetic_inputs
         self.batching = (cfg.batch_size, cfg.seed)  # under synthetic inputs: to find a real input's batch
-        self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
-                          total_steps=total_steps, micro_batches=cfg.resolved_micro_batches(),
-                          batch_size=cfg.batch_size, sg_model=sg_model, sg_lr=cfg.sg_lr,
-                          sg_off=cfg.sg_off, sg_update=cfg.sg_update, sg_update_lr=cfg.sg_update_lr,
-                          sg_trust_every=cfg.sg_trust_every, aux_head=aux_head, objective=network.objective,
-                          input_model=input_model)
+        self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, config=cfg.stage_config(index, total_steps),
+                           sg_model=sg_model, aux_head=aux_head, objective=network.objective, input_model=input_model)
         self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None

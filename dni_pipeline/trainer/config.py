@@ -9,6 +9,7 @@ from dni_pipeline.core.errors import UserError
 
 from .network import parse_arch
 from .stage import LOCKED_MODES, MODES, SG_MODES, SG_UPDATES
+from .stage_config import StageConfig
 from .synthetic_inputs import default_input_hidden
 
 __all__ = ["DEFAULT_SG_HIDDEN", "TrainConfig", "build_config"]
@@ -37,9 +38,9 @@ class TrainConfig:
     sg_hidden: list[int] | None = None  # None: the mode's default for the activation's shape (resolved_sg_hidden)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
-    sg_update: str = "gated"  # how an SG-driven stage steps: gated (Adam, lr x trust), calibrated (SGD), paper (Adam)
-    sg_update_lr: float = 0.05  # SGD learning rate of SG-driven stages under sg_update calibrated
-    sg_trust_every: int = 4  # gated: steps between measurements of the SG step's cosine to the true one
+    sg_update: str = StageConfig.sg_update  # how an SG-driven stage steps: gated, calibrated, paper (update_rules.py)
+    sg_update_lr: float = StageConfig.sg_update_lr  # SGD learning rate of SG-driven stages under sg_update calibrated
+    sg_trust_every: int = StageConfig.sg_trust_every  # gated: steps between measurements of the SG step's cosine to the true one
     synthetic_inputs: bool = False  # dni, cdni: every stage after the first also predicts its input (complete unlock)
     input_hidden: list[int] | None = None  # hidden widths of the input models; None: two as wide as the activation
     sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
@@ -78,6 +79,13 @@ class TrainConfig:
 
     def resolved_input_hidden(self, shape: tuple[int, ...]) -> list[int]:
         return default_input_hidden(shape) if self.input_hidden is None else self.input_hidden
+
+    def stage_config(self, index: int, total_steps: int) -> StageConfig:
+        """What stage `index` needs of this run's settings."""
+        return StageConfig(lr=self.lr, lr_schedule=self.lr_schedule, total_steps=total_steps,
+                           micro_batches=self.resolved_micro_batches(), batch_size=self.batch_size, sg_lr=self.sg_lr,
+                           sg_off=self.sg_off, sg_update=self.sg_update, sg_update_lr=self.sg_update_lr,
+                           sg_trust_every=self.sg_trust_every)
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1

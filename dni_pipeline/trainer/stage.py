@@ -11,12 +11,8 @@ Modes:
 - synthetic gradients (``dni``, ``cdni``): a stage sends its output on, then at once backpropagates
   its SG model's prediction and steps; the gradient it computes for its input goes upstream as the
   regression target of the stage before (bootstrapping). Only the last stage sees the true loss.
-  How an SG-driven stage steps is `sg_update`: ``paper`` backpropagates the raw prediction into Adam,
-  as Jaderberg et al. do; ``gated`` (the default) does the same with Adam's learning rate scaled by the
-  measured cosine between the step Adam takes and the gradient the true target gives the weights, read
-  against the cosine of Adam's step on the measured true gradients alone (`StepTrust`, measured on every
-  `sg_trust_every`-th batch); ``calibrated`` scales the prediction by its measured fit
-  in activation space (`Calibration`) and steps with SGD and momentum (see docs/training.md).
+  How an SG-driven stage steps is its update rule (update_rules.py, named by `sg_update`; see
+  docs/training.md); every other stage steps on its exact gradient with Adam.
   An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
 
@@ -40,18 +36,17 @@ from torch import nn
 from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
 from .objective import Objective
+from .stage_config import StageConfig
 from .synthetic_gradients import Calibration, StepTrust, SyntheticGradient
 from .synthetic_inputs import SyntheticInputModel
+from .update_rules import SG_UPDATES, UpdateRule, update_rule
 
 __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "WORK_KINDS",
-           "Message", "NonFiniteError", "Stage", "adam_step_direction",
-           "learning_rate"]
+           "Message", "NonFiniteError", "Stage", "learning_rate"]
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
 MODES = LOCKED_MODES + SG_MODES + ("dgl",)
-SG_UPDATES = ("gated", "calibrated", "paper")
-SG_MOMENTUM = 0.9
 WORK_KINDS = ("forward", "backward", "synthetic")  # the messages a stage trains on (its busy time)
 
 
@@ -66,21 +61,6 @@ class Message:
     tensor: torch.Tensor
     labels: torch.Tensor | None = None
     micro: int = 0
-
-
-def adam_step_direction(optimizer: torch.optim.Adam, params) -> list[torch.Tensor]:
-    """The step Adam takes per unit of learning rate from its state now (bias-corrected first moment over
-    the root of the second), parameter by parameter; zero for a parameter it has not stepped yet."""
-    (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
-    direction = []
-    for param in params:
-        state = optimizer.state.get(param)
-        if not state:
-            direction.append(torch.zeros_like(param))
-            continue
-        t = float(state["step"])
-        direction.append(state["exp_avg"] / (1 - beta1**t) / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + eps))
-    return direction
 
 
 def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
@@ -119,42 +99,29 @@ class Stage:
         mode: str,
         send: Callable[[Message], None],
         *,
-        lr: float,
-        lr_schedule: str,
-        total_steps: int,
-        micro_batches: int = 1,
-        batch_size: int | None = None,
+        config: StageConfig | None = None,
         sg_model: SyntheticGradient | None = None,
-        sg_lr: float | None = None,
-        sg_off: bool = False,
-        sg_update: str = "gated",
-        sg_update_lr: float = 0.05,
-        sg_trust_every: int = 4,
         aux_head: nn.Module | None = None,
         objective: Objective | None = None,
         input_model: SyntheticInputModel | None = None,
+        **settings,
     ):
+        """`config` holds the stage's settings; without it, `settings` are StageConfig's fields (a shorthand)."""
+        self.config = config = config or StageConfig(**settings)
         self.index, self.num_stages, self.mode = index, num_stages, mode
         self.objective = objective or Objective()
         self.is_last = index == num_stages - 1
         self.module, self.send = module, send
-        self.lr, self.lr_schedule, self.total_steps = lr, lr_schedule, total_steps
-        self.micro_batches = micro_batches
-        self.batch_size = batch_size  # the mini-batch that micro-batches make up (locked modes)
+        self.lr_schedule, self.total_steps = config.lr_schedule, config.total_steps
+        self.micro_batches = config.micro_batches
+        self.batch_size = config.batch_size
         self.aux = aux_head
-        params = list(module.parameters()) + (list(aux_head.parameters()) if aux_head else [])
-        # An SG-driven stage under `calibrated` steps with SGD: its gradient's size carries the trust.
-        self.calibration = Calibration() if sg_model is not None and sg_update == "calibrated" else None
-        # Under `gated` an SG-driven stage steps with Adam at its learning rate times the measured trust.
-        self.trust = StepTrust(sg_trust_every) if sg_model is not None and sg_update == "gated" and not sg_off else None
-        self.trust_every = sg_trust_every
-        if self.calibration:
-            self.lr, self.optimizer = sg_update_lr, torch.optim.SGD(params, lr=sg_update_lr, momentum=SG_MOMENTUM)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=lr)
         self.sg = sg_model
-        self.sg_off = sg_off and mode in SG_MODES  # the ablation: every stage but the last frozen, nothing sent back
-        self.sg_base_lr = sg_lr or lr
+        self.sg_off = config.sg_off and mode in SG_MODES  # the ablation: every stage but the last frozen, nothing sent back
+        self.rule: UpdateRule = update_rule(config, sg_driven=sg_model is not None and not self.sg_off)
+        params = list(module.parameters()) + (list(aux_head.parameters()) if aux_head else [])
+        self.optimizer = self.rule.optimizer(params)
+        self.sg_base_lr = config.sg_lr or config.lr
         self.sg_optimizer = torch.optim.Adam(sg_model.parameters(), lr=self.sg_base_lr) if sg_model else None
         self.input_model = input_model
         self.input_optimizer = torch.optim.Adam(input_model.parameters(), lr=self.sg_base_lr) if input_model else None
@@ -166,8 +133,18 @@ class Stage:
         # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
         self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
-        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, Adam's step)
+        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, rule's keep)
         self.updates = 0
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The `calibrated` rule's evidence (None under another rule)."""
+        return getattr(self.rule, "calibration", None)
+
+    @property
+    def trust(self) -> StepTrust | None:
+        """The `gated` rule's evidence (None under another rule)."""
+        return getattr(self.rule, "trust", None)
 
     # -- training --------------------------------------------------------------------------------
     def forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -177,7 +154,7 @@ class Stage:
         if self.sg_off and not self.is_last:
             return self._frozen_forward(step, micro, h_in, labels)
         h_in = h_in.requires_grad_(self.index > 0 and not self.sg_off)
-        measured = self.trust is not None and step % self.trust_every == 0
+        measured = self.rule.measures(step)
         out, weights = self._block_forward(step, h_in, measured)
         if self.is_last:
             loss = self._check("loss", step, self.objective.loss(out, labels))
@@ -195,7 +172,7 @@ class Stage:
             metrics.update(self._sg_backward(step, micro, out, weights, h_in, labels))
         self._step(step)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, self.rule.kept(self.optimizer, self.module, weights))
         return metrics
 
     def synthetic_step(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -210,9 +187,8 @@ class Stage:
                 metrics = {"synthetic_loss": loss.item()}
             else:
                 predicted = self._check("synthetic gradient", step, self.sg.predict(out.detach(), labels))
-                scale = self.calibration.scale if self.calibration else 1.0
-                out.backward(predicted * scale)
-                metrics = {"sg_scale": self.trust.scale if self.trust else scale}
+                metrics = self.rule.step_metrics()
+                out.backward(predicted * self.rule.prediction_scale)
         self._step(step)
         return metrics
 
@@ -234,7 +210,7 @@ class Stage:
             spread = float((h_in - h_in.mean(0)).pow(2).mean())
             metrics = {"input_loss": input_loss.item(), "input_r2": 1.0 - input_loss.item() / max(spread, 1e-30)}
             h_in = h_in.requires_grad_()
-        measured = self.trust is not None and step % self.trust_every == 0  # Adam's step now against this target's
+        measured = self.rule.measures(step)  # the step now against this target's
         with torch.set_grad_enabled(measured or self.index > 0):
             out, weights = self._block_forward(step, h_in, measured)
         if self.is_last:
@@ -250,7 +226,7 @@ class Stage:
         else:  # stage 0's input is the data its update was made on: its output only waits for the SG's target
             self._predict_and_hold(step, micro, out, labels)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, adam_step_direction(self.optimizer, self.module.parameters()))
+            self.measuring[(step, micro)] = (out, weights, self.rule.kept(self.optimizer, self.module, weights))
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -263,11 +239,11 @@ class Stage:
         h, labels, predicted = self.pending.pop((step, micro))
         metrics = {}
         if (step, micro) in self.measuring:
-            out, weights, direction = self.measuring.pop((step, micro))
+            out, weights, kept = self.measuring.pop((step, micro))
             true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            metrics.update(self.trust.update(direction, list(true)))
-        if self.calibration:
-            self.calibration.update(predicted, grad)
+            measured, _ = self.rule.on_true_gradient(kept, list(true))
+            metrics.update(measured)
+        self.rule.on_target(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
         loss = self.sg.regression_loss(h, labels, grad)
         loss.backward()
@@ -402,7 +378,7 @@ class Stage:
     # -- internals -----------------------------------------------------------------------------
     def _parts(self) -> dict:
         parts = {"module": self.module, "optimizer": self.optimizer, "sg": self.sg, "sg_optimizer": self.sg_optimizer,
-                 "calibration": self.calibration, "trust": self.trust, "aux": self.aux, "input_model": self.input_model,
+                 **self.rule.parts(), "aux": self.aux, "input_model": self.input_model,
                  "input_optimizer": self.input_optimizer}
         return {k: v for k, v in parts.items() if v is not None}
 
@@ -438,13 +414,13 @@ class Stage:
         """Backpropagate the SG's prediction at `out` into the block (into the copy of its weights on a measured
         batch, whose graph is kept for the true target) and send the gradient at its input upstream."""
         predicted = self._predict_and_hold(step, micro, out, labels)
-        scale = self.calibration.scale if self.calibration else 1.0
-        out.backward(predicted * scale, retain_graph=weights is not None)
+        metrics = self.rule.step_metrics()
+        out.backward(predicted * self.rule.prediction_scale, retain_graph=weights is not None)
         if weights is not None:
             for name, param in self.module.named_parameters():
                 param.grad = weights[name].grad
         self._send_input_grad(step, micro, h_in)
-        return {"sg_scale": self.trust.scale if self.trust else scale}
+        return metrics
 
     def _set_lr(self, optimizer: torch.optim.Optimizer, base: float, step: int) -> None:
         for group in optimizer.param_groups:
@@ -457,7 +433,7 @@ class Stage:
         self.updates += 1
 
     def _apply_gradients(self, step: int) -> None:
-        self._set_lr(self.optimizer, self.lr * (self.trust.scale if self.trust else 1.0), step)
+        self._set_lr(self.optimizer, self.rule.base_lr * self.rule.lr_scale, step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
