@@ -54,6 +54,11 @@ BAD_INPUTS = [
     (["--arch", "fc16,conv8"], "conv layer after an fc layer"),
     (["--stages", "abc"], "invalid int value"),
     (["--stage-delay-ms", "5"], "one value per stage"),
+    (["--mode", "backprop", "--delay", "1"], "use --mode delayed"),
+    (["--mode", "dgl", "--staleness", "recompute"], "use --mode delayed"),
+    (["--mode", "delayed", "--staleness", "stale"], "invalid choice"),
+    (["--mode", "delayed", "--delay", "3", "--max-in-flight", "3"], "use at least 4"),
+    (["--mode", "delayed", "--delay", "-1"], "--delay must be 0 or more"),
 ]
 
 

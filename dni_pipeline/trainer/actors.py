@@ -22,6 +22,7 @@ import torch
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
 from .data import StepBatches
+from .delayed import DelayedStage
 from .model import Network
 from .stage import SG_MODES, WORK_KINDS, Message, NonFiniteError, Stage
 
@@ -36,7 +37,7 @@ class Ledger:
     the driver when a count it waits for is reached (or a stage has failed)."""
 
     def __init__(self, num_stages: int):
-        kinds = ("forward", "backward", "synthetic", "eval", "probe", "probe_backward", "update")
+        kinds = ("forward", "backward", "synthetic", "eval", "probe", "probe_backward", "flush", "update")
         self.counts = {kind: [0] * num_stages for kind in kinds}
         self.generation = 0  # reports of an earlier generation (before a rollback) are dropped
         self.events: list[dict] = []
@@ -134,8 +135,10 @@ class StageActor:
             input_model = input_model.to(self.device)
         self.synthetic_inputs = cfg.synthetic_inputs
         self.batching = (cfg.batch_size, cfg.seed)  # under synthetic inputs: to find a real input's batch
-        self.stage = Stage(index, cfg.stages, module, cfg.mode, self._send, config=cfg.stage_config(index, total_steps),
-                           sg_model=sg_model, aux_head=aux_head, objective=network.objective, input_model=input_model)
+        stage_class = DelayedStage if cfg.mode == "delayed" else Stage
+        self.stage = stage_class(index, cfg.stages, module, cfg.mode, self._send,
+                                 config=cfg.stage_config(index, total_steps), sg_model=sg_model, aux_head=aux_head,
+                                 objective=network.objective, input_model=input_model)
         self.prev = self.next = self.ledger = None
         self.transport_seconds = 0.0
         self.nan_step = cfg.inject_nan[1] if cfg.inject_nan and cfg.inject_nan[0] == index else None
@@ -217,6 +220,10 @@ class StageActor:
         x, y = self._batch("train", indices)
         x = self._poisoned(step, x)
         self._handle("forward", step, 0, None, generation, lambda: self.stage.real_input(step, 0, x, y, x))
+
+    def flush(self, end: int, generation: int) -> None:
+        """Delayed mode: the segment ends at step `end`; apply the gradients held for its last batches."""
+        self._handle("flush", end, 0, None, generation, lambda: self.stage.flush(end))
 
     def feed_eval(self, batch: int, indices: np.ndarray, generation: int) -> None:
         x, y = self._batch("eval", indices)

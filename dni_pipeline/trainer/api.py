@@ -53,7 +53,7 @@ def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[in
           synthetic_input: Callable | None = None, out: str | None = None, resume: str | None = None,
           address: str | None = None, progress: bool = True,
           **options) -> TrainResult:
-    """Train `model` cut into `stages` stage actors, in `mode` (backprop, gpipe, 1f1b, dni, cdni, dgl).
+    """Train `model` cut into `stages` stage actors, in `mode` (backprop, gpipe, 1f1b, dni, cdni, dgl, delayed).
 
     - model: a list of stage modules, an nn.Sequential (cut at `split`, the first child of each stage after
       the first; default balanced by parameter count), or a picklable factory ``build_stage(index, K)``.
@@ -102,10 +102,11 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
     Arguments as for `train`; `split` applies when `stages` has one count."""
     if split is not None and len(stages) > 1:
         raise UserError("a split fits one stage count: give one value in stages, or drop split")
+    delayed = {key: options.pop(key, None) for key in ("delay", "staleness")}  # the delayed rows' settings
     base = _config(options, mode="backprop", stages=min(stages), address=address)
     config = BenchConfig(base, modes=list(modes), stages=list(stages), reps=reps, steps=steps, latencies=list(latencies),
                          target_accuracy=target_accuracy, tta_epochs=tta_epochs, eval_every=eval_every,
-                         sg_off_rows=sg_off_rows).validate()
+                         sg_off_rows=sg_off_rows, **delayed).validate()
     folder = RunFolder(out)
     local_models = {"synthetic_gradient": synthetic_gradient, "aux_head": aux_head, "synthetic_input": synthetic_input}
     networks = {k: _network(model, k, split, base.seed, loss, metrics, local_models) for k in stages}

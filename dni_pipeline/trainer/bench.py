@@ -51,6 +51,8 @@ class BenchConfig:
     tta_steps: int = 0  # ... or after this many steps, if set
     eval_every: int = 25
     sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
+    delay: int | None = None  # the delayed rows' delay (None: K - 1 - k) and staleness treatment
+    staleness: str | None = None
 
     def validate(self) -> "BenchConfig":
         for mode in self.modes:
@@ -63,7 +65,7 @@ class BenchConfig:
                 if mode in PEER_MODES:
                     check_peer(cfg.validate(), mode)
                 else:
-                    _train_config(cfg, mode).validate()
+                    self.row_config(cfg, mode).validate()
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
         self.target_config().validate()
@@ -86,18 +88,20 @@ class BenchConfig:
     def runs_at(self, label: str, latency: float) -> bool:
         return label != "single" or latency == self.latencies[0]
 
+    def row_config(self, cfg: TrainConfig, label: str) -> TrainConfig:
+        """The trainer's config of a row: its mode, with its SG-off ablation or synthetic inputs, and the delayed
+        mode's settings on its rows."""
+        mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS)
+        delayed = mode == "delayed"
+        return dataclasses.replace(cfg, mode=mode, sg_off=label.endswith(SG_OFF),
+                                   synthetic_inputs=label.endswith(SYNTHETIC_INPUTS),
+                                   delay=self.delay if delayed else None, staleness=self.staleness if delayed else None)
 
-def _train_config(cfg: TrainConfig, label: str) -> TrainConfig:
-    """The trainer's config of a row: its mode, with its SG-off ablation or synthetic inputs."""
-    mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS)
-    return dataclasses.replace(cfg, mode=mode, sg_off=label.endswith(SG_OFF),
-                               synthetic_inputs=label.endswith(SYNTHETIC_INPUTS))
 
-
-def _run(cfg: TrainConfig, label: str, data: PlacedData, network: Network) -> TrainResult:
+def _run(bench: BenchConfig, cfg: TrainConfig, label: str, data: PlacedData, network: Network) -> TrainResult:
     if label in PEER_MODES:
         return train_peer(cfg, label, data, network)
-    return train_pipeline(_train_config(cfg, label), data, progress=False, network=network)
+    return train_pipeline(bench.row_config(cfg, label), data, progress=False, network=network)
 
 
 def _spread(values: list[float]) -> dict:
@@ -123,7 +127,7 @@ def _throughput_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, N
                 cfg = dataclasses.replace(bench.base, stages=k, link_latency_ms=latency, max_steps=bench.steps,
                                           eval_every=bench.steps, sg_probe_every=0, target_accuracy=None,
                                           target_bits=None)
-                result = _run(cfg, label, data, networks[k])
+                result = _run(bench, cfg, label, data, networks[k])
                 runs[(latency, k, label)].append(result)
                 bar.set_postfix(last=f"{label} K={k} {latency:g}ms {result.summary['samples_per_sec']:.0f}/s")
                 bar.update()
@@ -138,7 +142,7 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
                 cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
                 log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
                 try:
-                    result = _run(cfg, label, data, networks[k])
+                    result = _run(bench, cfg, label, data, networks[k])
                 except JobFailed as exc:  # a row that diverges is a result too; the others still run
                     log.warning("  %s failed: %s", label, exc)
                     result = TrainResult({"time_to_target_seconds": None,

@@ -13,11 +13,13 @@ from dni_pipeline.core.settings import DATA_DIR_ENV
 from .bench import BenchConfig, check_networks, run_bench
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
 from .data import data_from_config, place_data
+from .delayed import STALENESS
 from .driver import check_capacity
 from .models import network_from_config
 from .network import PRESETS
 from .report import summary_table
 from .stage import SG_UPDATES
+from .stage_config import StageConfig
 from .training import train_into_folder
 
 __all__ = ["add_commands", "add_common_flags", "add_stages_and_epochs"]
@@ -79,6 +81,17 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         "test) pair of torch Datasets (default: --dataset)"))
 
 
+def add_delayed_flags(p: argparse.ArgumentParser) -> None:
+    """The delayed mode's settings (train and bench)."""
+    p.add_argument("--delay", type=int, help=(
+        "--mode delayed: a stage steps on the gradient of the batch it computed this many steps before, waiting only "
+        "if that one is late; 0 is locked backprop (default K - 1 - k for stage k, as DDG)"))
+    p.add_argument("--staleness", choices=STALENESS, help=(
+        "--mode delayed: what a batch in flight keeps for its late gradient: none (its graph on the weights it was "
+        "computed with), recompute (its input, run again on the weights of now), lookahead (its graph on weights "
+        f"extrapolated --delay steps along the last update); default {StageConfig.staleness}"))
+
+
 def _add_train_command(commands) -> None:
     d = TrainConfig()
     train = commands.add_parser("train", help="train one pipeline run", description=(
@@ -88,7 +101,8 @@ def _add_train_command(commands) -> None:
     train.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (e.g. batch_size: 256)")
     train.add_argument("--mode", help=(
         "backprop (locked, exact), gpipe or 1f1b (pipelined micro-batches, exact), dni (synthetic "
-        f"gradients), cdni (label-conditioned SG) or dgl (local auxiliary losses); default {d.mode}"))
+        f"gradients), cdni (label-conditioned SG), dgl (local auxiliary losses) or delayed (the true gradient, "
+        f"applied --delay steps late); default {d.mode}"))
     train.add_argument("--dataset", help=(
         "mnist (needs --data-dir or --download), digits (bundled), synthetic, or kjv (the King James Bible as "
         f"next-character prediction, needs --data-dir; data_options: context, test_windows) (default {d.dataset})"))
@@ -113,6 +127,7 @@ def _add_train_command(commands) -> None:
     train.add_argument("--sg-trust-every", type=int, help=(
         "under --sg-update gated, steps between the batches on which a stage measures its SG step against the true "
         f"one (each costs one more backward of the block); default {d.sg_trust_every}"))
+    add_delayed_flags(train)
     train.add_argument("--synthetic-inputs", action="store_true", default=None, help=(
         "dni and cdni: the complete unlock; every stage after the first also learns to predict its input from the "
         "batch's data, computes and updates on that prediction as soon as the driver hands it the batch, and waits for "
@@ -183,6 +198,7 @@ def _add_bench_command(commands) -> None:
                        help="how SG-driven stages step: gated, calibrated or paper, as for train (default gated)")
     bench.add_argument("--sg-update-lr", type=float,
                        help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
+    add_delayed_flags(bench)
     bench.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every throughput cell (default 3)")
     bench.add_argument("--steps", type=int, default=60, help="training steps of each throughput run (default 60)")
     bench.add_argument("--link-latency-ms", type=_float_list, default=[0.0, 20.0],
@@ -237,13 +253,16 @@ BENCH_DEFAULTS = {"dataset": "mnist", "arch": "fc1024*8", "batch_size": 256, "mi
 
 def cmd_bench(args: argparse.Namespace) -> None:
     flags = {**vars(args), "stages": min(args.stages), "mode": "backprop", "link_latency_ms": 0.0,
-             "target_accuracy": None, "target_bits": None}  # the targets are the time-to-target runs' (BenchConfig)
+             "target_accuracy": None, "target_bits": None,  # the targets are the time-to-target runs' (BenchConfig)
+             "delay": None, "staleness": None}  # and these the delayed rows'
+
     file_values = load_config_file(args.config) if args.config else {}
     base = build_config({**BENCH_DEFAULTS, **file_values}, flags)
     bench = BenchConfig(base, modes=args.modes, stages=args.stages, reps=args.reps,
                         steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
                         tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows,
-                        target_bits=args.target_bits, tta_steps=args.tta_steps).validate()
+                        target_bits=args.target_bits, tta_steps=args.tta_steps, delay=args.delay,
+                        staleness=args.staleness).validate()
     folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
         for k in bench.stages:

@@ -7,6 +7,7 @@ from dni_pipeline.core.configs import check_file_values
 from dni_pipeline.core.datasets import DATASETS
 from dni_pipeline.core.errors import UserError
 
+from .delayed import STALENESS
 from .network import parse_arch
 from .stage import LOCKED_MODES, MODES, SG_MODES, SG_UPDATES
 from .stage_config import StageConfig
@@ -41,6 +42,8 @@ class TrainConfig:
     sg_update: str = StageConfig.sg_update  # how an SG-driven stage steps: gated, calibrated, paper (update_rules.py)
     sg_update_lr: float = StageConfig.sg_update_lr  # SGD learning rate of SG-driven stages under sg_update calibrated
     sg_trust_every: int = StageConfig.sg_trust_every  # gated: steps between measurements of the SG step's cosine to the true one
+    delay: int | None = None  # delayed: steps a stage's gradient is applied late; None: K - 1 - k for stage k (DDG)
+    staleness: str | None = None  # delayed: none, recompute or lookahead; None: StageConfig's default
     synthetic_inputs: bool = False  # dni, cdni: every stage after the first also predicts its input (complete unlock)
     input_hidden: list[int] | None = None  # hidden widths of the input models; None: two as wide as the activation
     sg_probe_every: int = 100  # steps between SG-vs-true-gradient probes (dni, cdni); 0: never
@@ -85,7 +88,14 @@ class TrainConfig:
         return StageConfig(lr=self.lr, lr_schedule=self.lr_schedule, total_steps=total_steps,
                            micro_batches=self.resolved_micro_batches(), batch_size=self.batch_size, sg_lr=self.sg_lr,
                            sg_off=self.sg_off, sg_update=self.sg_update, sg_update_lr=self.sg_update_lr,
-                           sg_trust_every=self.sg_trust_every)
+                           sg_trust_every=self.sg_trust_every, delay=self.stage_delay(index),
+                           staleness=self.staleness or StageConfig.staleness)
+
+    def stage_delay(self, index: int) -> int:
+        """Delayed mode: the steps stage `index` applies its gradients late (the last stage: none, its loss is its own)."""
+        if self.mode != "delayed" or index == self.stages - 1:
+            return 0
+        return self.stages - 1 - index if self.delay is None else self.delay
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
@@ -105,7 +115,7 @@ class TrainConfig:
             # The next step is fed while one runs, so stage 0 starts it as soon as its own update is applied
             # instead of after the driver's turn; its forwards wait for that update (Stage._may_forward).
             return 2
-        return self.max_in_flight or 2 * self.stages
+        return self.max_in_flight or max(2 * self.stages, self.stage_delay(0) + 1)
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, message: str) -> None:
@@ -140,6 +150,16 @@ class TrainConfig:
         need(self.target_bits is None or self.target_accuracy is None, "give --target-accuracy or --target-bits, not both")
         need(all(w > 0 for w in (self.sg_hidden or []) + self.aux_hidden + (self.input_hidden or [])),
              "--sg-hidden, --aux-hidden and --input-hidden widths must be positive")
+        if self.mode == "delayed":
+            need(self.delay is None or self.delay >= 0, f"--delay must be 0 or more steps (got {self.delay})")
+            need(self.staleness in (None, *STALENESS),
+                 f"invalid staleness '{self.staleness}': use one of {', '.join(STALENESS)}")
+            need(not self.max_in_flight or self.max_in_flight > self.stage_delay(0),
+                 f"--max-in-flight {self.max_in_flight} cannot hold the {self.stage_delay(0)} steps stage 0's gradients "
+                 f"are delayed: use at least {self.stage_delay(0) + 1}, or 0 (auto)")
+        else:
+            need(self.delay is None and self.staleness is None,
+                 f"--delay and --staleness are the delayed mode's: use --mode delayed (got {self.mode})")
         if self.synthetic_inputs:
             need(self.mode in SG_MODES, f"--synthetic-inputs needs synthetic gradients: use --mode dni or cdni (got "
                                         f"{self.mode}, whose stages wait for their inputs by design)")

@@ -144,6 +144,9 @@ class Driver:
                 self.stages[0].feed_probe.remote(step, indices, self.generation)
                 self.probes += 1
             fed = step + 1
+        if cfg.mode == "delayed":  # the gradients of the last batches are not held for forwards that will not come
+            for stage in self.stages:
+                stage.flush.remote(fed, self.generation)
         # Drain: every stage has applied every update, every SG target and probe has been used.
         targets = [("update", s, fed) for s in range(cfg.stages)]
         if cfg.mode in SG_MODES and not cfg.sg_off:

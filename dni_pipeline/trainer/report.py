@@ -99,6 +99,15 @@ def _update_rates(events: list[dict], num_stages: int) -> list[float | None]:
     return rates
 
 
+def _peak_stored(events: list[dict], num_stages: int) -> list[int | None] | None:
+    """Per stage: the most bytes its batches in flight held at once (reported by delayed stages), else None."""
+    peaks = [None] * num_stages
+    for event in events:
+        if "peak_stored_bytes" in event:
+            peaks[event["stage"]] = max(peaks[event["stage"]] or 0, event["peak_stored_bytes"])
+    return peaks if any(p is not None for p in peaks) else None
+
+
 def bubble_formula(cfg: TrainConfig) -> float:
     """Idle fraction the schedule implies: locked (K-1)/K, GPipe/1F1B (K-1)/(M+K-1), unlocked 0."""
     k, m = cfg.stages, cfg.resolved_micro_batches()
@@ -141,6 +150,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "tokens_per_sec": tokens_per_sec(driver.data, state["trained_steps"] * cfg.batch_size, state["train_seconds"]),
         "stage_utilization": utilization,
         "stage_update_rate": _update_rates(events, cfg.stages),  # this session's updates per second, stage by stage
+        "peak_stored_bytes": _peak_stored(events, cfg.stages),  # delayed mode: what batches in flight held, at most
         "bubble_measured": round(1 - sum(utilization) / len(utilization), 4),
         "bubble_formula": round(bubble_formula(cfg), 4),
         "transport_fraction": transport,

@@ -15,6 +15,8 @@ Modes:
   docs/training.md); every other stage steps on its exact gradient with Adam.
   An SG-off stage (the ablation) runs its block forward only: no SG model, no backward, no step.
 - local losses (``dgl``): a stage trains an auxiliary classifier on its own output; nothing goes upstream.
+- delayed true gradients (``delayed``): a stage steps on the true gradient of a batch it sent d steps before,
+  never waiting for it unless it is late (`DelayedStage`, delayed.py).
 
 Synthetic inputs (dni, cdni; the complete unlock): every stage after the first also owns an input model
 I(x) of its input. Each stage updates as soon as the driver hands it the batch (`synthetic_step`: on I(x),
@@ -46,7 +48,7 @@ __all__ = ["MODES", "LOCKED_MODES", "SG_MODES", "SG_UPDATES", "WORK_KINDS",
 
 LOCKED_MODES = ("backprop", "gpipe", "1f1b")
 SG_MODES = ("dni", "cdni")
-MODES = LOCKED_MODES + SG_MODES + ("dgl",)
+MODES = LOCKED_MODES + SG_MODES + ("dgl", "delayed")
 WORK_KINDS = ("forward", "backward", "synthetic")  # the messages a stage trains on (its busy time)
 
 

@@ -138,9 +138,11 @@ def test_a_killed_stage_is_restarted_and_the_run_ends_as_an_undisturbed_one(ray_
 
 
 @pytest.mark.slow
-def test_locked_training_after_a_lost_stage_equals_the_undisturbed_run_exactly(ray_session, tmp_path):
-    """Backprop is deterministic: the rollback loses nothing and repeats nothing, so the result is identical."""
-    cfg = _digits_config(mode="backprop", epochs=3)
+@pytest.mark.parametrize("options", [{"mode": "backprop"}, {"mode": "delayed", "staleness": "lookahead", "stages": 3}])
+def test_locked_training_after_a_lost_stage_equals_the_undisturbed_run_exactly(ray_session, tmp_path, options):
+    """Backprop is deterministic: the rollback loses nothing and repeats nothing, so the result is identical. So is the
+    delayed mode, whose segments end (and flush) at the same checkpoints; under lookahead its last update is state."""
+    cfg = _digits_config(epochs=3, **options)
     clean = _train(cfg, tmp_path / "clean")
     killed = _train(cfg, tmp_path / "killed", lambda: ray_session.kill(_stage_actor(ray_session, 0), no_restart=False))
     assert len(killed["recoveries"]) == 1 and killed["recoveries"][0]["stage"] == 0
