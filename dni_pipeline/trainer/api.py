@@ -39,7 +39,7 @@ def _config(options: dict, **given) -> TrainConfig:
     if wrong:
         raise UserError(f"unknown option(s) {', '.join(wrong)}: the options are TrainConfig's fields "
                         f"({', '.join(sorted(fields - NOT_OPTIONS))})")
-    return build_config({}, {**options, **given})
+    return build_config({}, {**options, **given}, own_model=True)
 
 
 def _network(model, stages: int, split, seed: int, loss, metrics, local_models: dict) -> Network:
@@ -76,7 +76,7 @@ def train(model, data, *, mode: str = "dni", stages: int = 3, split: Sequence[in
         if options or out:
             raise UserError("resume continues a run with its own config: drop the other options")
         folder = RunFolder.existing(resume, checkpoint=RunFolder.MANIFEST)
-        cfg = build_config(folder.read_manifest()["config"], {"address": address})
+        cfg = build_config(folder.read_manifest()["config"], {"address": address}, own_model=True)
     else:
         cfg = _config(options, mode=mode, stages=stages, out=out, address=address)
         folder = RunFolder(out) if out else None
@@ -106,7 +106,7 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
     base = _config(options, mode="backprop", stages=min(stages), address=address)
     config = BenchConfig(base, modes=list(modes), stages=list(stages), reps=reps, steps=steps, latencies=list(latencies),
                          target_accuracy=target_accuracy, tta_epochs=tta_epochs, eval_every=eval_every,
-                         sg_off_rows=sg_off_rows, **delayed).validate()
+                         sg_off_rows=sg_off_rows, own_model=True, **delayed).validate()
     folder = RunFolder(out)
     local_models = {"synthetic_gradient": synthetic_gradient, "aux_head": aux_head, "synthetic_input": synthetic_input}
     networks = {k: _network(model, k, split, base.seed, loss, metrics, local_models) for k in stages}

@@ -35,6 +35,7 @@ log = logging.getLogger("dni_pipeline.trainer")
 
 SG_OFF = " sg-off"  # the suffix of an ablation row's label
 SYNTHETIC_INPUTS = "+si"  # the suffix of an SG mode with synthetic inputs: "cdni+si", the complete unlock
+CORRECTED = "+corrected"  # the suffix of an SG mode under the corrected update rule: "cdni+corrected"
 
 
 @dataclass
@@ -53,22 +54,23 @@ class BenchConfig:
     sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
     delay: int | None = None  # the delayed rows' delay (None: K - 1 - k) and staleness treatment
     staleness: str | None = None
+    own_model: bool = False  # the network is the API caller's model object (TrainConfig.validate)
 
     def validate(self) -> "BenchConfig":
         for mode in self.modes:
-            if mode.removesuffix(SYNTHETIC_INPUTS) not in MODES + PEER_MODES:
+            if mode.removesuffix(SYNTHETIC_INPUTS).removesuffix(CORRECTED) not in MODES + PEER_MODES:
                 raise UserError(f"unknown bench mode '{mode}': choose from {', '.join(MODES + PEER_MODES)}, or dni+si, "
-                                "cdni+si (with synthetic inputs)")
+                                "cdni+si (with synthetic inputs), dni+corrected, cdni+corrected (--sg-update corrected)")
         for k in self.stages:
             for mode in self.modes:
                 cfg = dataclasses.replace(self.base, stages=k)
                 if mode in PEER_MODES:
-                    check_peer(cfg.validate(), mode)
+                    check_peer(cfg.validate(self.own_model), mode)
                 else:
-                    self.row_config(cfg, mode).validate()
+                    self.row_config(cfg, mode).validate(self.own_model)
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
-        self.target_config().validate()
+        self.target_config().validate(self.own_model)
         if not self.latencies or any(x < 0 for x in self.latencies):
             raise UserError("--link-latency-ms needs one or more values of 0 ms or more, e.g. 0,20")
         return self
@@ -91,10 +93,11 @@ class BenchConfig:
     def row_config(self, cfg: TrainConfig, label: str) -> TrainConfig:
         """The trainer's config of a row: its mode, with its SG-off ablation or synthetic inputs, and the delayed
         mode's settings on its rows."""
-        mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS)
+        mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS).removesuffix(CORRECTED)
         delayed = mode == "delayed"
         return dataclasses.replace(cfg, mode=mode, sg_off=label.endswith(SG_OFF),
                                    synthetic_inputs=label.endswith(SYNTHETIC_INPUTS),
+                                   sg_update="corrected" if label.endswith(CORRECTED) else cfg.sg_update,
                                    delay=self.delay if delayed else None, staleness=self.staleness if delayed else None)
 
 

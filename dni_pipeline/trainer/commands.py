@@ -122,7 +122,9 @@ def _add_train_command(commands) -> None:
         "bound on the measured cosine between Adam's step and the weight gradient the true target gives, over the "
         "same cosine for Adam's step on the measured true gradients alone), "
         "calibrated (the prediction scaled by its measured least-squares fit to the targets that come back, "
-        f"SGD with momentum) or paper (the raw prediction into Adam, as Jaderberg et al.); default {d.sg_update}"))
+        "SGD with momentum), paper (the raw prediction into Adam, as Jaderberg et al.) or corrected (the paper's step, "
+        "then, when the true gradient of the batch comes back, a step on the true weight gradient less the one the "
+        f"prediction gave); default {d.sg_update}"))
     train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")
     train.add_argument("--sg-trust-every", type=int, help=(
         "under --sg-update gated, steps between the batches on which a stage measures its SG step against the true "
@@ -172,11 +174,11 @@ def _add_bench_command(commands) -> None:
         "interleaved (A B C A B C ...), and write bench.json, bench.md and PNG plots to --out. The "
         "defaults are the reference configuration: K = 2 stages of 4 Linear(1024) layers, batch 256, MNIST."))
     bench.add_argument("--modes", type=_str_list, default=["backprop", "gpipe", "dni"], help=(
-        "modes to compare, comma separated: the trainer's (backprop, gpipe, 1f1b, dni, cdni, dgl) and the peers "
+        "modes to compare, comma separated: the trainer's (backprop, gpipe, 1f1b, dni, cdni, dgl, delayed) and the peers "
         "single (one PyTorch process with every core the stages reserve), torch-gpipe, torch-1f1b and torch-zb "
         "(torch.distributed.pipelining on gloo, a process per stage; torch-zb is its interleaved zero-bubble "
         "schedule, two stages per process); dni+si and cdni+si are those with --synthetic-inputs (the complete "
-        "unlock); default backprop,gpipe,dni"))
+        "unlock), dni+corrected and cdni+corrected those under --sg-update corrected; default backprop,gpipe,dni"))
     bench.add_argument("--sg-off-rows", action="store_true",
                        help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
@@ -194,8 +196,9 @@ def _add_bench_command(commands) -> None:
         "too: it fits the gradient faster than a 1024-128-1024 bottleneck and costs a quarter of a 4-layer "
         "block, where the paper's 1024,1024 costs as much as the block)"))
     bench.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
-    bench.add_argument("--sg-update", choices=SG_UPDATES,
-                       help="how SG-driven stages step: gated, calibrated or paper, as for train (default gated)")
+    bench.add_argument("--sg-update", choices=[u for u in SG_UPDATES if u != "corrected"], help=(
+        "how SG-driven stages step: gated, calibrated or paper, as for train (default gated); rows dni+corrected and "
+        "cdni+corrected run the corrected rule beside them"))
     bench.add_argument("--sg-update-lr", type=float,
                        help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
     add_delayed_flags(bench)

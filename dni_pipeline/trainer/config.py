@@ -117,7 +117,9 @@ class TrainConfig:
             return 2
         return self.max_in_flight or max(2 * self.stages, self.stage_delay(0) + 1)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, own_model: bool = False) -> "TrainConfig":
+        """Refuse a bad value in one line. `own_model`: the network is a model object of the API's caller, so
+        neither --arch nor --model says how many stages it has room for (as_network checks its cut points)."""
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise UserError(message)
@@ -160,7 +162,12 @@ class TrainConfig:
         else:
             need(self.delay is None and self.staleness is None,
                  f"--delay and --staleness are the delayed mode's: use --mode delayed (got {self.mode})")
+        need(self.sg_update != "corrected" or self.mode in SG_MODES,
+             f"--sg-update corrected corrects a synthetic gradient: use --mode dni or cdni (got {self.mode}; "
+             "--mode delayed steps on the true gradient alone)")
         if self.synthetic_inputs:
+            need(self.sg_update != "corrected", "--sg-update corrected with --synthetic-inputs is not built: use gated, "
+                                                "calibrated or paper")
             need(self.mode in SG_MODES, f"--synthetic-inputs needs synthetic gradients: use --mode dni or cdni (got "
                                         f"{self.mode}, whose stages wait for their inputs by design)")
             need(self.stages >= 2, "--synthetic-inputs needs at least 2 stages: the first has no stage to wait for")
@@ -178,7 +185,7 @@ class TrainConfig:
                                     and self.inject_nan[1] >= 0),
             f"--inject-nan takes STAGE,STEP with 0 <= STAGE < {self.stages} (got {self.inject_nan})",
         )
-        if self.model is None:
+        if self.model is None and not own_model:
             layers = parse_arch(self.arch)
             need(
                 self.stages <= len(layers) + 1,
@@ -189,9 +196,9 @@ class TrainConfig:
         return self
 
 
-def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
+def build_config(file_values: dict, flag_values: dict, own_model: bool = False) -> TrainConfig:
     """Defaults, overridden by the config file, overridden by the flags that were given."""
     known = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     check_file_values(file_values, known)
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and k in known}}
-    return TrainConfig(**merged).validate()
+    return TrainConfig(**merged).validate(own_model)

@@ -73,6 +73,7 @@ class Network:
         self.objective = objective or Objective()
         self.synthetic_gradient, self.aux_head, self.synthetic_input = synthetic_gradient, aux_head, synthetic_input
         self.boundaries: list[tuple[tuple, torch.dtype]] | None = None  # per-sample (shape, dtype): input, each output
+        self.label_shape: tuple | None = None  # per-sample shape of the labels: () one per sample, (T,) per position
 
     def build(self, index: int) -> nn.Module:
         if self.factory is None:
@@ -164,7 +165,11 @@ class Network:
             outputs = self.probe(torch.tensor(data.sample_x))
             if self.objective.classifies:
                 check_labels(outputs[-1], data.sample_y, data.label_range)
+            self.label_shape = tuple(data.sample_y.shape[1:])
             self.check_picklable()
+        if self.objective.classifies and (mode == "cdni" and self.synthetic_gradient is None
+                                          or mode == "dgl" and self.aux_head is None):
+            self._check_labels_per_stage(mode)
         if mode == "cdni" and self.synthetic_gradient is None and not self.objective.classifies:
             raise UserError("cdni conditions its SG models on class labels, and a custom loss has none: use dni, "
                             "or give a synthetic_gradient factory")
@@ -176,6 +181,17 @@ class Network:
         if mode == "dgl" and self.aux_head is None and not self.objective.classifies:
             raise UserError("dgl's default auxiliary head is a classifier, and a custom loss has no classes: give an "
                             "aux_head factory")
+
+    def _check_labels_per_stage(self, mode: str) -> None:
+        """cdni conditions, and dgl scores, each stage's output on the labels: one label per sample serves any
+        output (a sequence's every position), one per position only a sequence output of as many positions."""
+        for index in range(self.num_stages - 1):
+            shape = self.output_shape(index)
+            if self.label_shape != () and not (len(shape) == 2 and self.label_shape == shape[:1]):
+                raise UserError(f"{mode}: stage {index}'s output of per-sample shape {shape} cannot take labels of "
+                                f"per-sample shape {self.label_shape} (one per sample, or one per position of a (T, D) "
+                                f"output): cut the model elsewhere, or give your own "
+                                f"{'synthetic_gradient' if mode == 'cdni' else 'aux_head'} factory")
 
     def check_picklable(self) -> None:
         """Every stage process gets a pickled copy: refuse one that cannot be, before anything starts. The
@@ -213,7 +229,7 @@ class Network:
         shape = self.output_shape(index)
         if self.aux_head is not None:
             return self.aux_head(shape, self.num_classes)
-        return default_aux_head(shape, self.num_classes, hidden)
+        return default_aux_head(shape, self.num_classes, hidden, per_position=self.label_shape != ())
 
 
 def _first_line(exc: Exception) -> str:
@@ -221,10 +237,22 @@ def _first_line(exc: Exception) -> str:
     return next(iter(str(exc).splitlines()), "")
 
 
-def default_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Sequential:
-    """An MLP (linear without `hidden`) on a flat output or on each position of a sequence; image outputs
-    are first average-pooled to 2x2 so the head stays small next to the block."""
+class MeanOverPositions(nn.Module):
+    """(B, T, D) -> (B, D): a sequence's one summary, for a head that gives one prediction per sequence."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(1)
+
+
+def default_aux_head(shape: tuple[int, ...], num_classes: int, hidden: list[int],
+                     per_position: bool = True) -> nn.Sequential:
+    """An MLP (linear without `hidden`) on a flat output or on each position of a sequence (averaged over the
+    positions first where the labels are one per sequence, `per_position` False); image outputs are first
+    average-pooled to 2x2 so the head stays small next to the block."""
     modules: list[nn.Module] = []
+    if len(shape) == 2 and not per_position:
+        modules.append(MeanOverPositions())
+        shape = shape[1:]
     if len(shape) == 3:
         modules.append(nn.AdaptiveAvgPool2d(2))
         shape = (shape[0], min(shape[1], 2), min(shape[2], 2))

@@ -243,8 +243,12 @@ class Stage:
         if (step, micro) in self.measuring:
             out, weights, kept = self.measuring.pop((step, micro))
             true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            measured, _ = self.rule.on_true_gradient(kept, list(true))
+            measured, correction = self.rule.on_true_gradient(kept, list(true))
             metrics.update(measured)
+            if correction is not None:  # a second step of this batch's, not counted in `updates`
+                for param, value in zip(self.module.parameters(), correction):
+                    param.grad = value
+                self._apply_gradients(step)
         self.rule.on_target(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
         loss = self.sg.regression_loss(h, labels, grad)

@@ -62,7 +62,8 @@ class SyntheticGradient(SyntheticGradientModel):
 
     With `num_classes` set the model is conditioned on the label (cDNI): the one-hot label is appended
     to a flat input, broadcast as extra channels of an image input, and for a sequence appended at each
-    position (the target token of that position, for a language model).
+    position (the target token of that position, for a language model; the sequence's one label, for a
+    sequence classifier).
     """
 
     def __init__(self, shape: tuple[int, ...], hidden: list[int], num_classes: int | None = None):
@@ -92,6 +93,8 @@ class SyntheticGradient(SyntheticGradientModel):
         x = h
         if self.num_classes:
             onehot = F.one_hot(labels, self.num_classes).to(h.dtype)  # (B, C), or (B, T, C) for a sequence
+            if h.dim() == 3 and labels.dim() == 1:  # one label per sequence conditions every position
+                onehot = onehot[:, None, :].expand(-1, h.shape[1], -1)
             if h.dim() == 4:
                 onehot = onehot[:, :, None, None].expand(-1, -1, *h.shape[2:])
             x = torch.cat([h, onehot], dim=1 if h.dim() == 4 else -1)

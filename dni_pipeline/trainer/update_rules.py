@@ -7,6 +7,11 @@ stage, an SG-off stage) has `ExactRule`: Adam on the gradient as it is. An SG-dr
 - ``paper``: the raw prediction backpropagated into Adam, as Jaderberg et al. do.
 - ``gated``: the same, with Adam's learning rate scaled by the measured trust in the step (`StepTrust`).
 - ``calibrated``: the prediction scaled by its measured fit (`Calibration`), stepped with SGD and momentum.
+- ``corrected``: the paper's step at once; then, when the true gradient of the batch comes back, a second step on
+  the true weight gradient less the one the prediction gave (both at the weights the batch was computed with). With
+  plain SGD the two steps add up to the true gradient's own step; with Adam the gradients fed to it add up to the
+  true ones, but each step is Adam's normalised step of its own (docs/training.md). The SG only moves part of each
+  update earlier, so it needs no trust to be safe.
 
 The stage asks a rule four things: which optimizer to build, how far to scale the prediction it backpropagates
 and the learning rate it steps at, which batches to keep a measurable copy of the weights for (`measures`),
@@ -19,7 +24,7 @@ import torch
 from .stage_config import StageConfig
 from .synthetic_gradients import Calibration, StepTrust
 
-__all__ = ["SG_UPDATES", "CalibratedRule", "ExactRule", "GatedRule", "PaperRule", "UpdateRule",
+__all__ = ["SG_UPDATES", "CalibratedRule", "CorrectedRule", "ExactRule", "GatedRule", "PaperRule", "UpdateRule",
            "adam_step_direction", "update_rule"]
 
 SG_MOMENTUM = 0.9
@@ -156,7 +161,23 @@ class CalibratedRule(UpdateRule):
         return {"calibration": self.calibration}
 
 
-SG_UPDATES = {"gated": GatedRule, "calibrated": CalibratedRule, "paper": PaperRule}
+class CorrectedRule(PaperRule):
+    """Every batch is measured: the gradient its prediction gave the weights is kept, and the true weight gradient,
+    when it comes back, is stepped on less that one."""
+
+    name = "corrected"
+
+    def measures(self, step: int) -> bool:
+        return True
+
+    def kept(self, optimizer, module, weights) -> list[torch.Tensor]:
+        return [weights[name].grad for name, _ in module.named_parameters()]
+
+    def on_true_gradient(self, kept, true):
+        return {}, [t if s is None else t - s for s, t in zip(kept, true)]
+
+
+SG_UPDATES = {"gated": GatedRule, "calibrated": CalibratedRule, "paper": PaperRule, "corrected": CorrectedRule}
 
 
 def update_rule(config: StageConfig, sg_driven: bool) -> UpdateRule:

@@ -389,3 +389,24 @@ def test_sg_off_stage_only_forwards_and_the_last_stage_sends_nothing_back():
     assert not sent[0].tensor.requires_grad and first.updates == last.updates == 2
     for name, param in parts[0].named_parameters():  # (BatchNorm's running statistics move, as in training)
         assert torch.equal(param, before[name]), name
+
+
+def test_corrected_sg_step_plus_its_correction_is_the_true_gradients_step_under_sgd():
+    """Under plain SGD the stage's step on its prediction and the correction that follows when the true target
+    comes back add up to one step on the true weight gradient at the weights the batch was computed with."""
+    torch.manual_seed(0)
+    block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
+    sg = SyntheticGradient((16,), [], 5)
+    _randomize_last_layer(sg)
+    reference = copy.deepcopy(block)
+    stage = _stage(1, 3, block, "cdni", sg, sg_update="corrected")
+    stage.optimizer = torch.optim.SGD(block.parameters(), lr=1e-2)  # the stage sets its learning rate, 1e-2
+    h_in, labels, target = torch.randn(8, 16), torch.arange(8) % 5, torch.randn(8, 16) / 8
+    stage.forward(0, 0, h_in.clone(), labels)
+    moved = {name: param.detach().clone() for name, param in block.named_parameters()}
+    stage.backward(0, 0, target)
+    true = torch.autograd.grad(reference(h_in), list(reference.parameters()), target)
+    for (name, param), start, grad in zip(block.named_parameters(), reference.parameters(), true):
+        assert not torch.equal(moved[name], start)  # the SG step moved the weights first
+        torch.testing.assert_close(param, start - 1e-2 * grad, rtol=0, atol=1e-6)  # (to float rounding)
+    assert stage.updates == 1 and not stage.measuring

@@ -79,3 +79,25 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict:
         y = torch.from_numpy(y)
         loss = nn.functional.cross_entropy(out.flatten(0, -2), y.flatten())
         return {"loss": loss.item(), "accuracy": (out.argmax(-1) == y).float().mean().item()}
+
+
+class MeanOverPositions(nn.Module):
+    def forward(self, h):
+        return h.mean(1)
+
+
+def sequence_classifier(vocab=8, width=32, classes=2, layers=2, seed=0):
+    """Stock layers, as a user writes them: embeddings, pre-norm transformer encoder blocks, a mean over positions and
+    a linear head; (B, T, D) activations between the blocks, one label per sequence."""
+    torch.manual_seed(seed)
+    blocks = [nn.TransformerEncoderLayer(width, 2, dim_feedforward=2 * width, dropout=0.0, batch_first=True,
+                                         norm_first=True) for _ in range(layers)]
+    return nn.Sequential(nn.Embedding(vocab, width), *blocks, MeanOverPositions(), nn.Linear(width, classes))
+
+
+def majority_token_data(samples=2048, length=12, vocab=8, seed=0):
+    """Token sequences labelled by whether token 0 appears more often than token 1: one label per sequence."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab, size=(samples + 512, length)).astype(np.int64)
+    y = ((x == 0).sum(1) > (x == 1).sum(1)).astype(np.int64)
+    return {"x_train": x[:samples], "y_train": y[:samples], "x_test": x[samples:], "y_test": y[samples:]}
