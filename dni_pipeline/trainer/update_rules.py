@@ -10,8 +10,8 @@ stage, an SG-off stage) has `ExactRule`: Adam on the gradient as it is. An SG-dr
 - ``corrected``: the paper's step at once; then, when the true gradient of the batch comes back, a second step on
   the true weight gradient less the one the prediction gave (both at the weights the batch was computed with). With
   plain SGD the two steps add up to the true gradient's own step; with Adam the gradients fed to it add up to the
-  true ones, but each step is Adam's normalised step of its own (docs/training.md). The SG only moves part of each
-  update earlier, so it needs no trust to be safe.
+  true ones, but its moments weight each by when it came and each step is normalised on its own (docs/training.md).
+  The SG only moves part of each update earlier, so it needs no trust to be safe.
 
 The stage asks a rule four things: which optimizer to build, how far to scale the prediction it backpropagates
 and the learning rate it steps at, which batches to keep a measurable copy of the weights for (`measures`),

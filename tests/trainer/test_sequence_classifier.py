@@ -4,7 +4,6 @@ label per sequence, cut by `split`, trained by every mode on real actors."""
 import copy
 
 import pytest
-import torch
 import user_models
 from torch import nn
 
