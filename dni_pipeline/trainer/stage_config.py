@@ -21,4 +21,5 @@ class StageConfig:
     sg_update_lr: float = 0.05  # SGD learning rate of SG-driven stages under `calibrated`
     sg_trust_every: int = 4  # `gated`: steps between measurements of the SG step against the true one
     delay: int = 0  # `delayed`: steps between a batch's forward and the update on its gradient
-    staleness: str = "none"  # `delayed`: what a batch in flight keeps for its late gradient (delayed.STALENESS)
+    staleness: str = "lookahead"  # `delayed`: what a batch in flight keeps (delayed.STALENESS); the best of the three on
+    # the MLP, the GPT and the ResNet at K = 2 (benchmarks/delayed_staleness.sh, docs/results.md)

@@ -175,7 +175,7 @@ def test_delayed_actors_equal_the_one_process_delayed_algorithm(ray_session, fam
     model, data = {"mlp": _mlp_and_data, "gpt": _gpt_and_text}[family]()
     network = as_network(copy.deepcopy(model), stages)
     parts = network.build_all()
-    result = dni_pipeline.train(copy.deepcopy(model), data, mode="delayed", stages=stages, delay=delay,
+    result = dni_pipeline.train(copy.deepcopy(model), data, mode="delayed", stages=stages, delay=delay, staleness="none",
                                 max_steps=STEPS, batch_size=BATCH, lr=LR, lr_schedule="constant", progress=False)
     x, y = _arrays(data)
     order = batch_order(len(x), BATCH, 0, 0)[:STEPS]
