@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's emulated devices: measure the bench MLP's stages, validate the emulation against the real
 # run at K = 2, then sweep K = 2, 4, 8, 16 at 0, 20 and 50 ms with M = 4 and M = 4K micro-batches.
-# Usage: bash benchmarks/emulated_devices.sh DATA_DIR   (about 100 minutes on a quiet 2-core machine)
+# Usage: bash benchmarks/emulated_devices.sh DATA_DIR   (about 110 minutes on a quiet 2-core machine)
 set -euo pipefail
 DATA=${1:?usage: emulated_devices.sh DATA_DIR}
 OUT=benchmarks/results/emulated-devices
@@ -28,3 +28,5 @@ done
 # link latency) weigh little in its stage utilization.
 sweep --modes dgl --stages 2,4,8,16 --steps 100 --out "$OUT/long-dgl"
 python benchmarks/emulated_devices.py report "$OUT"
+# Issue 33: the delayed mode beside backprop and dgl at every K (its own folder; the rest of the sweep is as above).
+sweep --modes backprop,dgl,delayed --stages 2,4,8,16 --out "$OUT/delayed-K2-16"

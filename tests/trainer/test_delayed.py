@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import user_models
+from helpers import wired_by_calls
 
 import dni_pipeline
 from dni_pipeline.trainer.data import batch_order
@@ -65,17 +66,8 @@ def delayed_reference(parts: list, batches: list, delays: list[int], lr: float =
 def _chain(parts, delays, staleness):
     """Delayed stages wired by plain function calls: each message is handled the moment it is sent."""
     stages: list[Stage] = []
-
-    def wire(i):
-        def send(message):
-            if message.kind == "forward":
-                stages[i + 1].forward(message.step, message.micro, message.tensor, message.labels)
-            else:
-                stages[i - 1].backward(message.step, message.micro, message.tensor)
-        return send
-
-    stages += [DelayedStage(i, len(parts), part, "delayed", wire(i), lr=LR, lr_schedule="constant", total_steps=10,
-                            delay=delays[i], staleness=staleness) for i, part in enumerate(parts)]
+    stages += [DelayedStage(i, len(parts), part, "delayed", wired_by_calls(stages, i), lr=LR, lr_schedule="constant",
+                            total_steps=10, delay=delays[i], staleness=staleness) for i, part in enumerate(parts)]
     return stages
 
 
@@ -167,11 +159,12 @@ def _arrays(data):
 
 
 @pytest.mark.parametrize("family, stages, delay", [
-    ("mlp", 3, None), ("gpt", 2, 1),
+    ("mlp", 3, None), ("gpt", 2, 1), ("mlp", 2, 0),
     pytest.param("mlp", 2, 2, marks=pytest.mark.slow), pytest.param("gpt", 3, None, marks=pytest.mark.slow),
     pytest.param("gpt", 3, 2, marks=pytest.mark.slow)])
 def test_delayed_actors_equal_the_one_process_delayed_algorithm(ray_session, family, stages, delay):
-    """On real actors, in the run's data order: the stages' weights are the reference's (delay None: K - 1 - k)."""
+    """On real actors, in the run's data order: the stages' weights are the reference's (delay None: K - 1 - k; delay 0:
+    locked backprop's, as the reference is then)."""
     model, data = {"mlp": _mlp_and_data, "gpt": _gpt_and_text}[family]()
     network = as_network(copy.deepcopy(model), stages)
     parts = network.build_all()

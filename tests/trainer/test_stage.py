@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import wired_by_calls
 
 from dni_pipeline.trainer.model import default_aux_head
 from dni_pipeline.trainer.models.gpt import Block, Head
@@ -160,16 +161,8 @@ def test_backprop_chain_equals_one_module():
     parts = build_stages(layers, (12,), 4, 3, seed)
 
     stages: list[Stage] = []
-
-    def wire(i):
-        def send(message):
-            if message.kind == "forward":
-                stages[i + 1].forward(message.step, message.micro, message.tensor, message.labels)
-            else:
-                stages[i - 1].backward(message.step, message.micro, message.tensor)
-        return send
-
-    stages += [Stage(i, 3, parts[i], "backprop", wire(i), lr=1e-2, lr_schedule="cosine", total_steps=5) for i in range(3)]
+    stages += [Stage(i, 3, parts[i], "backprop", wired_by_calls(stages, i), lr=1e-2, lr_schedule="cosine", total_steps=5)
+               for i in range(3)]
     generator = torch.Generator().manual_seed(0)
     for step in range(5):
         x, y = torch.rand(16, 12, generator=generator), torch.randint(0, 4, (16,), generator=generator)
