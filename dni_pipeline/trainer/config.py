@@ -92,10 +92,15 @@ class TrainConfig:
                            staleness=self.staleness or StageConfig.staleness)
 
     def stage_delay(self, index: int) -> int:
-        """Delayed mode: the steps stage `index` applies its gradients late (the last stage: none, its loss is its own)."""
-        if self.mode != "delayed" or index == self.stages - 1:
+        """Delayed mode and corrected SGs: the steps stage `index` applies its true gradients late at most (the last
+        stage: none, its loss is its own)."""
+        if not self.true_gradient_late() or index == self.stages - 1:
             return 0
         return self.stages - 1 - index if self.delay is None else self.delay
+
+    def true_gradient_late(self) -> bool:
+        """Whether stages step on the true gradient d steps late: the delayed mode, and SGs under `corrected`."""
+        return self.mode == "delayed" or self.mode in SG_MODES and self.sg_update == "corrected"
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
@@ -152,16 +157,19 @@ class TrainConfig:
         need(self.target_bits is None or self.target_accuracy is None, "give --target-accuracy or --target-bits, not both")
         need(all(w > 0 for w in (self.sg_hidden or []) + self.aux_hidden + (self.input_hidden or [])),
              "--sg-hidden, --aux-hidden and --input-hidden widths must be positive")
-        if self.mode == "delayed":
+        if self.true_gradient_late():
             need(self.delay is None or self.delay >= 0, f"--delay must be 0 or more steps (got {self.delay})")
-            need(self.staleness in (None, *STALENESS),
-                 f"invalid staleness '{self.staleness}': use one of {', '.join(STALENESS)}")
             need(not self.max_in_flight or self.max_in_flight > self.stage_delay(0),
                  f"--max-in-flight {self.max_in_flight} cannot hold the {self.stage_delay(0)} steps stage 0's gradients "
                  f"are delayed: use at least {self.stage_delay(0) + 1}, or 0 (auto)")
         else:
-            need(self.delay is None and self.staleness is None,
-                 f"--delay and --staleness are the delayed mode's: use --mode delayed (got {self.mode})")
+            need(self.delay is None, f"--delay is the delayed mode's and the corrected SG's: use --mode delayed, or "
+                                     f"--sg-update corrected with dni or cdni (got {self.mode})")
+        if self.mode == "delayed":
+            need(self.staleness in (None, *STALENESS),
+                 f"invalid staleness '{self.staleness}': use one of {', '.join(STALENESS)}")
+        else:
+            need(self.staleness is None, f"--staleness is the delayed mode's: use --mode delayed (got {self.mode})")
         need(self.sg_update != "corrected" or self.mode in SG_MODES,
              f"--sg-update corrected corrects a synthetic gradient: use --mode dni or cdni (got {self.mode}; "
              "--mode delayed steps on the true gradient alone)")

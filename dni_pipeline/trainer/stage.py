@@ -135,8 +135,10 @@ class Stage:
         # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
         self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
-        self.measuring: dict[tuple[int, int], tuple] = {}  # (step, micro) -> (output, weights it was made with, rule's keep)
+        # (step, micro) -> (input, output, the weights it was made with, the rule's keep)
+        self.measuring: dict[tuple[int, int], tuple] = {}
         self.updates = 0
+        self.corrected = 0  # `corrected`: the next step whose true gradient this stage has not applied
 
     @property
     def calibration(self) -> Calibration | None:
@@ -155,6 +157,12 @@ class Stage:
             return self._locked_forward(step, micro, h_in, labels)
         if self.sg_off and not self.is_last:
             return self._frozen_forward(step, micro, h_in, labels)
+        if self.rule.sends_true_gradient and not self.is_last and (self.deferred or not self._corrected_for(step)):
+            self.deferred.append((step, micro, h_in, labels))  # its weights must have the corrections d steps back
+            return {}
+        return self._unlocked_forward(step, micro, h_in, labels)
+
+    def _unlocked_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
         h_in = h_in.requires_grad_(self.index > 0 and not self.sg_off)
         measured = self.rule.measures(step)
         out, weights = self._block_forward(step, h_in, measured)
@@ -174,7 +182,7 @@ class Stage:
             metrics.update(self._sg_backward(step, micro, out, weights, h_in, labels))
         self._step(step)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, self.rule.kept(self.optimizer, self.module, weights))
+            self.measuring[(step, micro)] = (h_in, out, weights, self.rule.kept(self.optimizer, self.module, weights))
         return metrics
 
     def synthetic_step(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -228,7 +236,7 @@ class Stage:
         else:  # stage 0's input is the data its update was made on: its output only waits for the SG's target
             self._predict_and_hold(step, micro, out, labels)
         if measured:
-            self.measuring[(step, micro)] = (out, weights, self.rule.kept(self.optimizer, self.module, weights))
+            self.measuring[(step, micro)] = (h_in, out, weights, self.rule.kept(self.optimizer, self.module, weights))
         return metrics
 
     def backward(self, step: int, micro: int, grad: torch.Tensor) -> dict:
@@ -241,14 +249,19 @@ class Stage:
         h, labels, predicted = self.pending.pop((step, micro))
         metrics = {}
         if (step, micro) in self.measuring:
-            out, weights, kept = self.measuring.pop((step, micro))
-            true = torch.autograd.grad(out, list(weights.values()), grad, allow_unused=True, materialize_grads=True)
-            measured, correction = self.rule.on_true_gradient(kept, list(true))
-            metrics.update(measured)
-            if correction is not None:  # a second step of this batch's, not counted in `updates`
-                for param, value in zip(self.module.parameters(), correction):
-                    param.grad = value
-                self._apply_gradients(step)
+            h_in, out, weights, kept = self.measuring.pop((step, micro))
+            sends = self.rule.sends_true_gradient and self.index > 0
+            true = torch.autograd.grad(out, list(weights.values()) + ([h_in] if sends else []), grad, allow_unused=True,
+                                       materialize_grads=True)
+            if sends:  # the target upstream is this batch's true gradient, not one from this stage's SG
+                self.send(Message("backward", step, true[-1], micro=micro))
+                true = true[:-1]
+            self._set_lr(self.optimizer, self.rule.base_lr * self.rule.lr_scale, step)  # a rule may step here
+            metrics.update(self.rule.on_true_gradient(self.optimizer, list(self.module.parameters()), kept, list(true)))
+            self.optimizer.zero_grad(set_to_none=True)  # (a step here is not counted in `updates`)
+            self.corrected = step + 1
+            while self.deferred and self._corrected_for(self.deferred[0][0]):
+                self._unlocked_forward(*self.deferred.popleft())
         self.rule.on_target(predicted, grad)
         self._set_lr(self.sg_optimizer, self.sg_base_lr, step)
         loss = self.sg.regression_loss(h, labels, grad)
@@ -258,6 +271,11 @@ class Stage:
         # R^2 of the raw prediction (before any calibration) against the target that came back for it.
         r2 = 1.0 - float((predicted - grad).pow(2).sum()) / max(float(grad.pow(2).sum()), 1e-30)
         return {**metrics, "sg_loss": loss.item(), "sg_r2": r2}
+
+    def _corrected_for(self, step: int) -> bool:
+        """`corrected`: batch `step` may be computed once the true gradients of the batches d + 1 steps back and
+        before are applied (d the stage's delay, as the delayed mode's), so no stage runs further from them."""
+        return self.corrected >= step - self.config.delay
 
     def _frozen_forward(self, step: int, micro: int, h_in: torch.Tensor, labels: torch.Tensor) -> dict:
         """The SG-off ablation's stage: its block is never trained, so it only computes and sends its output."""
@@ -377,7 +395,7 @@ class Stage:
     def load_state_dict(self, state: dict) -> None:
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
-        self.updates = state["updates"]
+        self.updates = self.corrected = state["updates"]
         for held in (self.pending, self.deferred, self.probes, self.backwards_done, self.measuring):
             held.clear()  # steps begun but not finished: they are sent again after a rollback
 
@@ -425,7 +443,8 @@ class Stage:
         if weights is not None:
             for name, param in self.module.named_parameters():
                 param.grad = weights[name].grad
-        self._send_input_grad(step, micro, h_in)
+        if not self.rule.sends_true_gradient:
+            self._send_input_grad(step, micro, h_in)
         return metrics
 
     def _set_lr(self, optimizer: torch.optim.Optimizer, base: float, step: int) -> None:
@@ -440,7 +459,7 @@ class Stage:
 
     def _apply_gradients(self, step: int) -> None:
         self._set_lr(self.optimizer, self.rule.base_lr * self.rule.lr_scale, step)
-        self.optimizer.step()
+        self.rule.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
 
     def _out_of_order(self, step: int) -> RuntimeError:

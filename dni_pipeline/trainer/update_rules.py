@@ -7,16 +7,19 @@ stage, an SG-off stage) has `ExactRule`: Adam on the gradient as it is. An SG-dr
 - ``paper``: the raw prediction backpropagated into Adam, as Jaderberg et al. do.
 - ``gated``: the same, with Adam's learning rate scaled by the measured trust in the step (`StepTrust`).
 - ``calibrated``: the prediction scaled by its measured fit (`Calibration`), stepped with SGD and momentum.
-- ``corrected``: the paper's step at once; then, when the true gradient of the batch comes back, a second step on
-  the true weight gradient less the one the prediction gave (both at the weights the batch was computed with). With
-  plain SGD the two steps add up to the true gradient's own step; with Adam the gradients fed to it add up to the
-  true ones, but its moments weight each by when it came and each step is normalised on its own (docs/training.md).
-  The SG only moves part of each update earlier, so it needs no trust to be safe.
+- ``corrected``: the step the optimizer would take on the prediction's weight gradient, taken at once as an advance
+  that leaves the optimizer's state as it was; when the true gradient of the batch comes back (at the weights the
+  batch was computed with), the advance is taken back and the optimizer steps on the true gradient. With plain SGD
+  that is a step on the true gradient less the prediction's; under any optimizer the two steps add up to the true
+  gradient's own step, and the optimizer's state is fed the true gradients alone (the delayed mode's, in the order
+  they come back). The SG only moves each update earlier, so it needs no trust to be safe. What goes upstream is
+  the true gradient at the batch's input, computed when the true target arrives: every stage's correction and SG
+  target are the true gradient (the delayed mode's), where the other rules send a gradient from their own SG.
 
-The stage asks a rule four things: which optimizer to build, how far to scale the prediction it backpropagates
-and the learning rate it steps at, which batches to keep a measurable copy of the weights for (`measures`),
-and what to do with the true weight gradient of such a batch when its target comes back (`on_true_gradient`,
-which may return a correction to step on).
+The stage asks a rule five things: which optimizer to build, how far to scale the prediction it backpropagates
+and the learning rate it steps at, how to take its step on the gradients it has (`step`), which batches to keep a
+measurable copy of the weights for (`measures`), and what to do with the true weight gradient of such a batch when
+its target comes back (`on_true_gradient`, which may step).
 """
 
 import torch
@@ -49,6 +52,7 @@ class UpdateRule:
     """The protocol, and the exact rule's behaviour: Adam at the stage's learning rate, nothing measured."""
 
     name = "exact"
+    sends_true_gradient = False  # the target sent upstream: the gradient from this stage's SG, or the true one
 
     def __init__(self, config: StageConfig):
         self.config = config
@@ -75,13 +79,18 @@ class UpdateRule:
         true weight gradient when it comes back."""
         return False
 
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The stage's step on the gradients its parameters hold."""
+        optimizer.step()
+
     def kept(self, optimizer: torch.optim.Optimizer, module: torch.nn.Module, weights: dict) -> object:
         """What a measured batch keeps from its own step, beside its output and its copy of the weights."""
         return None
 
-    def on_true_gradient(self, kept: object, true: list[torch.Tensor]) -> tuple[dict, list[torch.Tensor] | None]:
-        """A measured batch's true weight gradient: its metrics, and a gradient to step on now (or None)."""
-        return {}, None
+    def on_true_gradient(self, optimizer: torch.optim.Optimizer, params: list, kept: object,
+                         true: list[torch.Tensor]) -> dict:
+        """A measured batch's true weight gradient (one per parameter of `params`); its metrics."""
+        return {}
 
     def on_target(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
         """Every SG target, beside the prediction it was made for."""
@@ -121,8 +130,8 @@ class GatedRule(UpdateRule):
     def kept(self, optimizer, module, weights) -> list[torch.Tensor]:
         return adam_step_direction(optimizer, module.parameters())
 
-    def on_true_gradient(self, kept, true):
-        return self.trust.update(kept, true), None
+    def on_true_gradient(self, optimizer, params, kept, true):
+        return self.trust.update(kept, true)
 
     def step_metrics(self) -> dict:
         return {"sg_scale": self.trust.scale}
@@ -162,19 +171,44 @@ class CalibratedRule(UpdateRule):
 
 
 class CorrectedRule(PaperRule):
-    """Every batch is measured: the gradient its prediction gave the weights is kept, and the true weight gradient,
-    when it comes back, is stepped on less that one."""
+    """Every batch is measured. Its step on the prediction is an advance, kept with the batch and taken back when the
+    true weight gradient comes, which the optimizer then steps on."""
 
     name = "corrected"
+    sends_true_gradient = True
+
+    def __init__(self, config: StageConfig):
+        super().__init__(config)
+        self.advance: list[torch.Tensor] = []
 
     def measures(self, step: int) -> bool:
         return True
 
-    def kept(self, optimizer, module, weights) -> list[torch.Tensor]:
-        return [weights[name].grad for name, _ in module.named_parameters()]
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's step, taken, and its state put back as it was: the state is the true gradients' alone."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
+                 for p in params if p in optimizer.state}
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+        self.advance = [p.detach() - b for p, b in zip(params, before)]
+        for p in params:
+            if p in saved:
+                optimizer.state[p] = saved[p]
+            else:
+                optimizer.state.pop(p, None)
 
-    def on_true_gradient(self, kept, true):
-        return {}, [t if s is None else t - s for s, t in zip(kept, true)]
+    def kept(self, optimizer, module, weights) -> list[torch.Tensor]:
+        return self.advance
+
+    def on_true_gradient(self, optimizer, params, kept, true):
+        for param, gradient in zip(params, true):
+            param.grad = gradient
+        optimizer.step()
+        with torch.no_grad():
+            for param, moved in zip(params, kept):
+                param.sub_(moved)
+        return {}
 
 
 SG_UPDATES = {"gated": GatedRule, "calibrated": CalibratedRule, "paper": PaperRule, "corrected": CorrectedRule}

@@ -384,22 +384,40 @@ def test_sg_off_stage_only_forwards_and_the_last_stage_sends_nothing_back():
         assert torch.equal(param, before[name]), name
 
 
-def test_corrected_sg_step_plus_its_correction_is_the_true_gradients_step_under_sgd():
-    """Under plain SGD the stage's step on its prediction and the correction that follows when the true target
-    comes back add up to one step on the true weight gradient at the weights the batch was computed with."""
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_corrected_sg_step_plus_its_correction_is_the_true_gradients_step(optimizer):
+    """The stage's step on its prediction moves the weights at once; when the true target comes back, the two steps
+    add up to the optimizer's own step on the true weight gradient at the weights the batch was computed with
+    (under plain SGD: a step on the true gradient less the prediction's), and Adam's state is that of the true
+    gradient alone. What goes upstream is the true gradient at the batch's input, once its target is back."""
     torch.manual_seed(0)
     block = build_stages(parse_arch("fc16*3"), (16,), 5, 3, seed=1)[1]
     sg = SyntheticGradient((16,), [], 5)
     _randomize_last_layer(sg)
     reference = copy.deepcopy(block)
-    stage = _stage(1, 3, block, "cdni", sg, sg_update="corrected")
-    stage.optimizer = torch.optim.SGD(block.parameters(), lr=1e-2)  # the stage sets its learning rate, 1e-2
+    sent = []
+    stage = _stage(1, 3, block, "cdni", sg, sent, sg_update="corrected")
+    if optimizer == "sgd":
+        stage.optimizer = torch.optim.SGD(block.parameters(), lr=1e-2)  # the stage sets its learning rate, 1e-2
     h_in, labels, target = torch.randn(8, 16), torch.arange(8) % 5, torch.randn(8, 16) / 8
     stage.forward(0, 0, h_in.clone(), labels)
     moved = {name: param.detach().clone() for name, param in block.named_parameters()}
+    assert not stage.optimizer.state or optimizer == "sgd"  # the advance left Adam's state untouched
+    assert [m.kind for m in sent] == ["forward"]
     stage.backward(0, 0, target)
-    true = torch.autograd.grad(reference(h_in), list(reference.parameters()), target)
-    for (name, param), start, grad in zip(block.named_parameters(), reference.parameters(), true):
-        assert not torch.equal(moved[name], start)  # the SG step moved the weights first
-        torch.testing.assert_close(param, start - 1e-2 * grad, rtol=0, atol=1e-6)  # (to float rounding)
+    x = h_in.clone().requires_grad_()
+    *true, upstream = torch.autograd.grad(reference(x), [*reference.parameters(), x], target)
+    assert [m.kind for m in sent] == ["forward", "backward"]
+    torch.testing.assert_close(sent[1].tensor, upstream, rtol=1e-6, atol=1e-8)
+    for param, grad in zip(reference.parameters(), true):
+        param.grad = grad
+    expected = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(reference.parameters(), lr=1e-2)
+    start = {name: param.detach().clone() for name, param in reference.named_parameters()}
+    expected.step()
+    for (name, param), want in zip(block.named_parameters(), reference.parameters()):
+        assert not torch.equal(moved[name], start[name])  # the SG step moved the weights first
+        torch.testing.assert_close(param, want, rtol=0, atol=1e-6)  # (to float rounding)
+    if optimizer == "adam":
+        for mine, theirs in zip(block.parameters(), reference.parameters()):
+            torch.testing.assert_close(stage.optimizer.state[mine]["exp_avg"], expected.state[theirs]["exp_avg"])
     assert stage.updates == 1 and not stage.measuring
