@@ -131,8 +131,9 @@ class Stage:
         # modes, (detached output, labels, raw prediction) for SG regression. Bounded by the steps in flight.
         self.pending: dict[tuple[int, int], tuple] = {}
         self.backwards_done: dict[int, int] = {}  # step -> micro-batches backpropagated (locked modes)
-        # Locked modes: forwards that came early, in order: a next step's (fed while this one runs) until this
-        # step's update is applied, and under 1F1B one waiting for a backward to free a slot.
+        # Forwards that came early, in order. Locked modes: a next step's (fed while this one runs) until this step's
+        # update is applied, and under 1F1B one waiting for a backward to free a slot. `corrected`: one whose weights
+        # must first have the true gradients d steps back (`_corrected_for`).
         self.deferred: deque = deque()
         self.probes: dict[int, tuple] = {}
         # (step, micro) -> (input, output, the weights it was made with, the rule's keep)
