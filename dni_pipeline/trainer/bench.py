@@ -269,7 +269,7 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
     lines += ["", f"{data}, {model}, split {cfg.split or 'default'}, "
               f"batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
               f"(gpipe, 1f1b and torch's), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device} (single: all "
-              f"of them in one process), SG updates {cfg.sg_update}, {bench.steps} steps x {bench.reps} interleaved "
+              f"of them in one process), SG updates {cfg.resolved_sg_update()}, {bench.steps} steps x {bench.reps} interleaved "
               f"repetitions per throughput cell; time to accuracy: one run per cell, evaluated every "
               f"{bench.eval_every} steps, at most {bench.tta_steps or bench.tta_epochs} "
               f"{'steps' if bench.tta_steps else 'epochs'}."]

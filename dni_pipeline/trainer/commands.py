@@ -122,9 +122,9 @@ def _add_train_command(commands) -> None:
         "bound on the measured cosine between Adam's step and the weight gradient the true target gives, over the "
         "same cosine for Adam's step on the measured true gradients alone), "
         "calibrated (the prediction scaled by its measured least-squares fit to the targets that come back, "
-        "SGD with momentum), paper (the raw prediction into Adam, as Jaderberg et al.) or corrected (the paper's step, "
-        "then, when the true gradient of the batch comes back, a step on the true weight gradient less the one the "
-        f"prediction gave); default {d.sg_update}"))
+        "SGD with momentum), paper (the raw prediction into Adam, as Jaderberg et al.) or corrected (the optimizer's step "
+        "on the prediction at once, taken back when the true gradient of the batch comes, at most --delay steps later, "
+        "and the optimizer's step on that one taken instead); default corrected, gated with --synthetic-inputs"))
     train.add_argument("--sg-update-lr", type=float, help=f"SGD learning rate of SG-driven stages under --sg-update calibrated (default {d.sg_update_lr:g})")
     train.add_argument("--sg-trust-every", type=int, help=(
         "under --sg-update gated, steps between the batches on which a stage measures its SG step against the true "

@@ -39,7 +39,8 @@ class TrainConfig:
     sg_hidden: list[int] | None = None  # None: the mode's default for the activation's shape (resolved_sg_hidden)
     sg_lr: float | None = None  # None: same as lr
     sg_off: bool = False
-    sg_update: str = StageConfig.sg_update  # how an SG-driven stage steps: gated, calibrated, paper (update_rules.py)
+    sg_update: str | None = None  # how an SG-driven stage steps: corrected, gated, calibrated, paper (update_rules.py);
+    # None: StageConfig's default (corrected), or gated under synthetic_inputs, which corrected does not take
     sg_update_lr: float = StageConfig.sg_update_lr  # SGD learning rate of SG-driven stages under sg_update calibrated
     sg_trust_every: int = StageConfig.sg_trust_every  # gated: steps between measurements of the SG step's cosine to the true one
     delay: int | None = None  # delayed: steps a stage's gradient is applied late; None: K - 1 - k for stage k (DDG)
@@ -87,7 +88,7 @@ class TrainConfig:
         """What stage `index` needs of this run's settings."""
         return StageConfig(lr=self.lr, lr_schedule=self.lr_schedule, total_steps=total_steps,
                            micro_batches=self.resolved_micro_batches(), batch_size=self.batch_size, sg_lr=self.sg_lr,
-                           sg_off=self.sg_off, sg_update=self.sg_update, sg_update_lr=self.sg_update_lr,
+                           sg_off=self.sg_off, sg_update=self.resolved_sg_update(), sg_update_lr=self.sg_update_lr,
                            sg_trust_every=self.sg_trust_every, delay=self.stage_delay(index),
                            staleness=self.staleness or StageConfig.staleness)
 
@@ -100,7 +101,12 @@ class TrainConfig:
 
     def true_gradient_late(self) -> bool:
         """Whether stages step on the true gradient d steps late: the delayed mode, and SGs under `corrected`."""
-        return self.mode == "delayed" or self.mode in SG_MODES and self.sg_update == "corrected"
+        return self.mode == "delayed" or self.mode in SG_MODES and not self.sg_off and self.resolved_sg_update() == "corrected"
+
+    def resolved_sg_update(self) -> str:
+        if self.sg_update is not None:
+            return self.sg_update
+        return "gated" if self.synthetic_inputs else StageConfig.sg_update
 
     def resolved_micro_batches(self) -> int:
         return self.micro_batches if self.mode in ("gpipe", "1f1b") else 1
@@ -132,7 +138,7 @@ class TrainConfig:
         need(self.mode in MODES, f"invalid mode '{self.mode}': choose one of {', '.join(MODES)}")
         need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
         need(self.device in ("cpu", "cuda"), f"invalid device '{self.device}': use cpu or cuda")
-        need(self.sg_update in SG_UPDATES, f"invalid sg_update '{self.sg_update}': use one of {', '.join(SG_UPDATES)}")
+        need(self.sg_update in (None, *SG_UPDATES), f"invalid sg_update '{self.sg_update}': use one of {', '.join(SG_UPDATES)}")
         need(self.sg_update_lr > 0, f"--sg-update-lr must be positive (got {self.sg_update_lr})")
         need(self.sg_trust_every >= 1, f"--sg-trust-every must be at least 1 (got {self.sg_trust_every})")
         need(self.lr_schedule in ("constant", "cosine"), f"invalid lr_schedule '{self.lr_schedule}': use constant or cosine")

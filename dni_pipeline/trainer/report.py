@@ -164,7 +164,7 @@ def summarize(cfg: TrainConfig, dataset: str, driver, state: dict, stopped_by: s
         "checkpoint_seconds": round(state["checkpoint_seconds"], 3),
         "wall_seconds": round(wall_seconds, 3),
         "placement": driver.placement,
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), "sg_update": cfg.resolved_sg_update()},
     }
 
 

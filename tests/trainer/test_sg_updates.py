@@ -109,20 +109,22 @@ def test_step_trust_reads_the_bound_against_the_true_gradients_own_step():
 
 def test_sg_driven_training_is_no_worse_than_the_sg_off_ablation(ray_session, mnist_dir):
     """cDNI on the bench's kind of block (1024 wide, three layers per stage), 40 steps of 256 real MNIST
-    digits. The paper's rule (raw SG into Adam) loses to leaving stage 0 untrained here; the gated rule
-    (the default) and the calibrated one must not."""
+    digits. The paper's rule (raw SG into Adam) loses to leaving stage 0 untrained here; the corrected rule
+    (the default), the gated one and the calibrated one must not."""
     full = load_dataset("mnist", str(mnist_dir.parent))
     data = dataclasses.replace(full, x_train=full.x_train[:10240], y_train=full.y_train[:10240])
     base = TrainConfig(mode="cdni", dataset="mnist", arch="fc1024*6", stages=2, batch_size=256, sg_hidden=[],
                        max_steps=40, eval_every=40, sg_probe_every=0).validate()
     accuracy, results = {}, {}
-    for name, changes in [("ablation", {"sg_off": True}), ("gated", {}), ("calibrated", {"sg_update": "calibrated"}),
-                          ("paper", {"sg_update": "paper"})]:
+    for name, changes in [("ablation", {"sg_off": True}), ("corrected", {}), ("gated", {"sg_update": "gated"}),
+                          ("calibrated", {"sg_update": "calibrated"}), ("paper", {"sg_update": "paper"})]:
         results[name] = train_pipeline(dataclasses.replace(base, **changes), data, progress=False)
         accuracy[name] = results[name].summary["test_accuracy"]
     assert accuracy["paper"] < accuracy["ablation"] - 0.01, accuracy  # the setting tells the two rules apart
     assert accuracy["calibrated"] >= accuracy["ablation"] - 0.002, accuracy
     assert accuracy["gated"] >= accuracy["ablation"] - 0.002, accuracy
+    assert accuracy["corrected"] >= accuracy["ablation"] - 0.002, accuracy
+    assert results["corrected"].summary["config"]["sg_update"] == "corrected"
     # The gated stage measured every 4th batch on the real actors, and stepped at the trust it had then.
     measured = [r["step"] for r in results["gated"].steps if r.get("sg_step_cosine", [None])[0] is not None]
     assert measured == list(range(0, 40, 4))

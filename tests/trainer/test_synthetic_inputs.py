@@ -83,7 +83,7 @@ def test_a_measured_real_input_gives_adam_the_gradient_of_the_measured_copy_of_t
     sg = SyntheticGradient((16,), [], 5)
     torch.nn.init.normal_(sg.net[-1].weight, std=0.3)
     stage = Stage(1, 3, block, "cdni", sent.append, lr=1e-2, lr_schedule="constant", total_steps=10, sg_model=sg,
-                  sg_trust_every=1, input_model=SyntheticInput((12,), (16,), [8]))  # gated: every batch measured
+                  sg_update="gated", sg_trust_every=1, input_model=SyntheticInput((12,), (16,), [8]))  # every batch measured
     reference, reference_sg = copy.deepcopy(block), copy.deepcopy(sg)
     x, labels, h_real = torch.randn(8, 12), torch.arange(8) % 5, torch.randn(8, 16).relu()
     stage.real_input(0, 0, h_real.clone(), labels, x)
