@@ -1,4 +1,5 @@
-"""`dni-pipeline kg train|sweep|complete`: KG completion runs as Ray tasks on the local Ray or a cluster."""
+"""`dni-pipeline kg train|sweep|complete|align|align-sweep`: KG completion and entity-alignment runs as Ray tasks on
+the local Ray or a cluster."""
 
 import argparse
 import dataclasses
@@ -6,9 +7,13 @@ from pathlib import Path
 
 from dni_pipeline.core.configs import check_file_values, load_config_file
 from dni_pipeline.core.errors import UserError
-from dni_pipeline.core.job_cli import JobCommands, add_job_commands
+from dni_pipeline.core.job_cli import JobCommands, add_job_commands, add_sweep_command, add_train_command
 from dni_pipeline.core.run_folder import RunFolder
 
+from .align.data import load_alignment
+from .align.inference import INFERENCE
+from .align.job import ALIGN_JOB, AlignJobConfig
+from .align.training import ALIGN_MODELS, MODEL_DEFAULTS, AlignTrainConfig
 from .datasets import SHIPPED, load_kg
 from .job import KG_JOB, KGJobConfig
 from .models import MODELS
@@ -117,9 +122,83 @@ COMMANDS = JobCommands(
     default_out=lambda cfg: f"kg-{cfg.dataset}-{cfg.train.model}", show_summary=_show_summary)
 
 
+ALIGN = AlignJobConfig()
+ALIGN_TRAIN_FLAGS = {
+    "dim": (int, "embedding size per layer"),
+    "optimizer": (str, "adam, rmsprop or sgd"),
+    "lr": (float, "learning rate"),
+    "batch_size": (int, "seed pairs per step (0: all of them)"),
+    "epochs": (int, "epochs on the seeds before the first bootstrapping round"),
+    "round_epochs": (int, "epochs after each bootstrapping round"),
+}
+
+
+def _align_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or JSON file whose keys are the long flag names (flags override it)")
+    p.add_argument("--dataset", help=(f"a pair of graphs: a folder name under --data-dir's kg-align/ or the data "
+                                      f"directory itself, or a folder path, holding ent_ids_1, ent_ids_2, triples_1, "
+                                      f"triples_2 and ref_ent_ids (default {ALIGN.dataset})"))
+    p.add_argument("--data-dir", help="folder holding kg-align/DATASET/ or DATASET/ (or set $DNI_PIPELINE_DATA)")
+    p.add_argument("--seed-fraction", type=float, help=f"share of the reference pairs that are training seeds, in (0, 1); "
+                                                        f"the rest are the test (default {ALIGN.seed_fraction})")
+    p.add_argument("--split-seed", type=int, help=f"seed of the seed/test split (default {ALIGN.split_seed})")
+    p.add_argument("--valid-fraction", type=float, help=(
+        "share of the seeds held out to select on, in [0, 1); a sweep needs it (default 0: the standard protocol)"))
+    p.add_argument("--model", help=f"{', '.join(ALIGN_MODELS)} (default {AlignTrainConfig.model})")
+    for name, (kind, text) in ALIGN_TRAIN_FLAGS.items():
+        defaults = ", ".join(f"{m} {d[name]}" for m, d in MODEL_DEFAULTS.items())
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: the model's, {defaults})")
+    p.add_argument("--rounds", type=int, help="bootstrapping rounds: each adds the mutual nearest neighbours under CSLS "
+                                              "among the unpaired test entities to the seeds (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the weights, batches and negatives (default 0)")
+    p.add_argument("--inference", help=f"{', '.join(INFERENCE)}: what alignments.tsv and the headline figures use; every "
+                                       f"one is reported (default {ALIGN.inference})")
+    p.add_argument("--write", help="alignments.tsv for the test entities (test) or for every entity of graph 1 under "
+                                   f"CSLS (all) (default {ALIGN.write})")
+    p.add_argument("--device", help="cpu (default cpu)")
+
+
+def _align_config(args: argparse.Namespace) -> AlignJobConfig:
+    file_values = load_config_file(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    train_fields = {f.name: f.type for f in dataclasses.fields(AlignTrainConfig)}
+    job_fields = {f.name: f.type for f in dataclasses.fields(AlignJobConfig) if f.name != "train"}
+    check_file_values(file_values, {**job_fields, **train_fields})
+    merged = {**file_values, **{k: v for k, v in flags.items() if k in train_fields or k in job_fields}}
+    train = AlignTrainConfig(**{k: v for k, v in merged.items() if k in train_fields})
+    return AlignJobConfig(train=train, **{k: v for k, v in merged.items() if k in job_fields}).validate()
+
+
+def _check_alignment(cfg: AlignJobConfig) -> None:
+    load_alignment(cfg.dataset, cfg.data_dir, cfg.seed_fraction, cfg.split_seed)
+
+
+def _show_alignment(summary: dict) -> None:
+    print(f"{summary['model']} on {summary['dataset']}: {summary['epochs']} epochs, {len(summary['rounds'])} "
+          f"bootstrapping rounds, train {summary['train_seconds']:.1f} s, evaluation {summary['eval_seconds']:.1f} s")
+    print(f"{'inference':<13} {'H@1':>7} {'H@10':>7} {'MRR':>7}")
+    for name, m in summary["test"].items():
+        print(f"{name:<13} {m['hits@1']:7.4f} {m['hits@10']:7.4f} {m['mrr']:7.4f}")
+    for r in summary["rounds"]:
+        print(f"round after epoch {r['after_epoch']}: {r['added']} seeds added, precision {r['precision']}")
+
+
+ALIGN_COMMANDS = JobCommands(
+    job=ALIGN_JOB, help="entity alignment of two knowledge graphs", train_description=(
+        "Align the entities of two knowledge graphs as one Ray task: train an alignment model on the seed pairs "
+        "(optionally bootstrapping more between rounds), then rank each test entity of graph 1 among the test "
+        "entities of graph 2 under cosine, CSLS and Sinkhorn matching, and among every entity of graph 2. The run "
+        "folder gets summary.json, metrics.jsonl, curves.png, config.json, checkpoint.pt and alignments.tsv."),
+    add_flags=_align_flags, config_from_args=_align_config, check_data=_check_alignment,
+    extendable=(), default_out=lambda cfg: f"align-{cfg.dataset.replace('/', '-')}-{cfg.train.model}",
+    show_summary=_show_alignment)
+
+
 def add_commands(commands) -> None:
-    """Register `kg train|sweep` (the shared skeleton) and `kg complete`."""
+    """Register `kg train|sweep` (the shared skeleton), `kg complete`, and `kg align|align-sweep`."""
     group = add_job_commands(commands, COMMANDS)
+    add_train_command(group, ALIGN_COMMANDS, name="align", data_parallel=False)
+    add_sweep_command(group, ALIGN_COMMANDS, name="align-sweep")
     comp = group.add_parser("complete", help="write the top-k predicted triples that are not already known", description=(
         "Score candidate triples with a trained run's best model and write the top-k that are in none of the splits, "
         "as TSV (head, relation, tail, score). Give --head and/or --relation (or --tail and/or --relation); with "

@@ -28,6 +28,17 @@ def kill_a_ray_train_worker() -> int:
     raise AssertionError("no Ray Train worker process found")
 
 
+def task_process(function: str) -> int:
+    """The pid of the Ray worker running a task of `function` (Ray titles it `ray::function`)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{function}".encode()):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no Ray worker runs {function}")
+
+
 def wired_by_calls(stages: list, i: int):
     """Stage i's `send`: each message handled by its neighbour in `stages` the moment it is sent (no Ray)."""
     def send(message):

@@ -15,7 +15,8 @@ from .ray_session import Resources, check_task_resources, connect_ray
 from .run_folder import RunFolder
 from .sweeps import config_fields, parse_grid
 
-__all__ = ["JobCommands", "Parser", "add_job_commands", "add_ray_flags", "resources_from"]
+__all__ = ["JobCommands", "Parser", "add_job_commands", "add_ray_flags", "add_sweep_command", "add_train_command",
+           "resources_from"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,24 +103,30 @@ def _sweep(spec: JobCommands, args: argparse.Namespace) -> None:
     print(f"selected on {metric}: {trials[0]['trial']} ({metric} {trials[0][metric]}); results in {out.path}/")
 
 
-def add_job_commands(commands, spec: JobCommands):
-    """Register `NAME train|sweep`; returns the job's command group, for commands of its own."""
-    group = commands.add_parser(spec.job.name, help=spec.help).add_subparsers(
-        dest=f"{spec.job.name}_command", required=True, parser_class=Parser)
-    train = group.add_parser("train", help=f"train one {spec.job.name} run as a Ray task", description=spec.train_description)
+def add_train_command(group, spec: JobCommands, name: str = "train", data_parallel: bool = True) -> None:
+    """`NAME train` (or `name`): one run as a Ray task, new or `--resume`d; `--workers N` on Ray Train where the job
+    trains data-parallel."""
+    train = group.add_parser(name, help=f"train one {spec.job.name} run as a Ray task", description=spec.train_description)
     spec.add_flags(train)
     train.add_argument("--out", help="run folder to create (must be new or empty)")
     train.add_argument("--resume", metavar="RUN", help=(
         f"continue the run in folder RUN from its last checkpoint, with its own config "
         f"({', '.join('--' + k.replace('_', '-') for k in spec.extendable)} may extend it)"))
     add_ray_flags(train)
-    train.add_argument("--workers", type=_workers, default=1, help=(
-        "data-parallel replicas on Ray Train (TorchTrainer, DDP on gloo or NCCL), each reserving --num-cpus CPUs "
-        "and, with --device cuda, one GPU, and computing its shard of every batch; 1 (the default) trains in one "
-        "Ray task. The cluster must place them all at once"))
+    if data_parallel:
+        train.add_argument("--workers", type=_workers, default=1, help=(
+            "data-parallel replicas on Ray Train (TorchTrainer, DDP on gloo or NCCL), each reserving --num-cpus CPUs "
+            "and, with --device cuda, one GPU, and computing its shard of every batch; 1 (the default) trains in one "
+            "Ray task. The cluster must place them all at once"))
+    else:
+        train.set_defaults(workers=1)
     train.set_defaults(func=lambda args: _train(spec, args))
 
-    sweep = group.add_parser("sweep", help="a grid or random search of configurations as parallel Ray tasks, ranked")
+
+def add_sweep_command(group, spec: JobCommands, name: str = "sweep") -> None:
+    """`NAME sweep` (or `name`): a grid or random search of the job's configurations as parallel Ray tasks."""
+    sweep = group.add_parser(name, help=f"a grid or random search of {spec.job.name} configurations as parallel Ray "
+                                        "tasks, ranked")
     spec.add_flags(sweep)
     sweep.add_argument("--grid", action="append", required=True,
                        help="name=v1,v2 (repeatable): a field of the config and the values it takes, e.g. --grid lr=1e-3,2e-3")
@@ -127,4 +134,12 @@ def add_job_commands(commands, spec: JobCommands):
     sweep.add_argument("--out", help="folder for the trials, sweep.json and sweep.md (must be new or empty)")
     add_ray_flags(sweep)
     sweep.set_defaults(func=lambda args: _sweep(spec, args))
+
+
+def add_job_commands(commands, spec: JobCommands):
+    """Register `NAME train|sweep`; returns the job's command group, for commands of its own."""
+    group = commands.add_parser(spec.job.name, help=spec.help).add_subparsers(
+        dest=f"{spec.job.name}_command", required=True, parser_class=Parser)
+    add_train_command(group, spec)
+    add_sweep_command(group, spec)
     return group

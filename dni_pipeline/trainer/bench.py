@@ -26,7 +26,7 @@ from .models import network_from_config
 from .peers import PEER_MODES, check_peer, peer_network, train_peer
 from .plots import plot_accuracy_vs_time, plot_latency, plot_sg_cosine, plot_throughput, plot_time_to_accuracy, plot_timeline
 from .report import TrainResult
-from .stage import MODES, SG_MODES
+from .stage import MODES, SG_MODES, SG_UPDATES
 from .training import train_pipeline
 
 __all__ = ["BenchConfig", "bench_table", "check_networks", "run_bench"]
@@ -35,7 +35,15 @@ log = logging.getLogger("dni_pipeline.trainer")
 
 SG_OFF = " sg-off"  # the suffix of an ablation row's label
 SYNTHETIC_INPUTS = "+si"  # the suffix of an SG mode with synthetic inputs: "cdni+si", the complete unlock
-CORRECTED = "+corrected"  # the suffix of an SG mode under the corrected update rule: "cdni+corrected"
+RULE_SUFFIXES = {f"+{rule}": rule for rule in SG_UPDATES}  # an SG mode under a named update rule: "cdni+corrected"
+
+
+def _rule_of(mode: str) -> tuple[str, str | None]:
+    """A row's mode without its +RULE suffix, and the rule it names (None: the bench's)."""
+    for suffix, rule in RULE_SUFFIXES.items():
+        if mode.endswith(suffix):
+            return mode.removesuffix(suffix), rule
+    return mode, None
 
 
 @dataclass
@@ -58,9 +66,11 @@ class BenchConfig:
 
     def validate(self) -> "BenchConfig":
         for mode in self.modes:
-            if mode.removesuffix(SYNTHETIC_INPUTS).removesuffix(CORRECTED) not in MODES + PEER_MODES:
+            base, rule = _rule_of(mode.removesuffix(SYNTHETIC_INPUTS))
+            if base not in MODES + PEER_MODES:
                 raise UserError(f"unknown bench mode '{mode}': choose from {', '.join(MODES + PEER_MODES)}, or dni+si, "
-                                "cdni+si (with synthetic inputs), dni+corrected, cdni+corrected (--sg-update corrected)")
+                                "cdni+si (with synthetic inputs), dni+RULE, cdni+RULE (under --sg-update RULE: "
+                                f"{', '.join(SG_UPDATES)})")
         for k in self.stages:
             for mode in self.modes:
                 cfg = dataclasses.replace(self.base, stages=k)
@@ -68,6 +78,11 @@ class BenchConfig:
                     check_peer(cfg.validate(self.own_model), mode)
                 else:
                     self.row_config(cfg, mode).validate(self.own_model)
+        for mode in self.modes:
+            base, rule = _rule_of(mode.removesuffix(SYNTHETIC_INPUTS))
+            if rule and base not in SG_MODES:
+                raise UserError(f"bench mode '{mode}': a +RULE row names an SG mode's update rule: use dni+{rule} or "
+                                f"cdni+{rule}")
         if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
             raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
         self.target_config().validate(self.own_model)
@@ -93,11 +108,11 @@ class BenchConfig:
     def row_config(self, cfg: TrainConfig, label: str) -> TrainConfig:
         """The trainer's config of a row: its mode, with its SG-off ablation or synthetic inputs, and the delayed
         mode's settings on its rows."""
-        mode = label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS).removesuffix(CORRECTED)
+        mode, rule = _rule_of(label.removesuffix(SG_OFF).removesuffix(SYNTHETIC_INPUTS))
         delayed = mode == "delayed"
         return dataclasses.replace(cfg, mode=mode, sg_off=label.endswith(SG_OFF),
                                    synthetic_inputs=label.endswith(SYNTHETIC_INPUTS),
-                                   sg_update="corrected" if label.endswith(CORRECTED) else cfg.sg_update,
+                                   sg_update=rule or cfg.sg_update,
                                    delay=self.delay if delayed else None, staleness=self.staleness if delayed else None)
 
 

@@ -178,7 +178,9 @@ def _add_bench_command(commands) -> None:
         "single (one PyTorch process with every core the stages reserve), torch-gpipe, torch-1f1b and torch-zb "
         "(torch.distributed.pipelining on gloo, a process per stage; torch-zb is its interleaved zero-bubble "
         "schedule, two stages per process); dni+si and cdni+si are those with --synthetic-inputs (the complete "
-        "unlock), dni+corrected and cdni+corrected those under --sg-update corrected; default backprop,gpipe,dni"))
+        "unlock), dni+RULE and cdni+RULE those under --sg-update RULE (corrected, gated, calibrated, paper: rules side by "
+        "side in one bench, e.g. dni+paper beside dni to see what the gate's measurements cost); default "
+        "backprop,gpipe,dni"))
     bench.add_argument("--sg-off-rows", action="store_true",
                        help="add an SG-off ablation row ('dni sg-off') beside every SG mode: the same run with its SG models held at zero")
     bench.add_argument("--stages", type=_int_list, default=[2], help="stage counts to compare, comma separated (default 2)")
@@ -197,8 +199,8 @@ def _add_bench_command(commands) -> None:
         "block, where the paper's 1024,1024 costs as much as the block)"))
     bench.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
     bench.add_argument("--sg-update", choices=[u for u in SG_UPDATES if u != "corrected"], help=(
-        "how SG-driven stages step: gated, calibrated or paper, as for train (default gated); rows dni+corrected and "
-        "cdni+corrected run the corrected rule beside them"))
+        "how SG-driven stages step: gated, calibrated or paper, as for train (default gated); rows dni+RULE and "
+        "cdni+RULE run another rule beside them"))
     bench.add_argument("--sg-update-lr", type=float,
                        help="SGD learning rate of SG-driven stages under calibrated (default 0.05)")
     add_delayed_flags(bench)

@@ -5,11 +5,11 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import task_process
 
 from dni_pipeline.cli import main
 from dni_pipeline.core.jobs import run_sweep, submit_job
@@ -213,7 +213,7 @@ def test_a_killed_task_is_retried_by_ray_and_resumes_from_its_checkpoint(ray_ses
     while not checkpoint.is_file() or torch.load(checkpoint, weights_only=True)["state"]["epoch"] < 10:
         assert time.time() < deadline
         time.sleep(0.05)
-    os.kill(_task_process("_attempt"), signal.SIGKILL)
+    os.kill(task_process("_attempt"), signal.SIGKILL)
     summary = ray_session.get(ref)
     assert summary["resumed"] and summary["epochs"] == 120 and summary["steps"] == summary["planned_steps"]
     assert summary["test"]["mrr"] == whole["test"]["mrr"]  # the same run as the one never interrupted
@@ -231,12 +231,3 @@ def test_a_run_its_time_budget_stopped_trains_on_when_resumed_with_more(tmp_path
     assert summary["resumed"] and summary["epochs"] == 6 and summary["stopped_by"] is None
 
 
-def _task_process(function: str) -> int:
-    """The pid of the Ray worker running a task of `function` (Ray titles it `ray::function`)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{function}".encode()):
-                return int(proc.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no Ray worker runs {function}")

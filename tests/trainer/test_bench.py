@@ -59,6 +59,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     (["--modes", "backprop,warp"], "unknown bench mode 'warp': choose from backprop, gpipe, 1f1b, dni, cdni, dgl, "
                                    "delayed, single, torch-gpipe, torch-1f1b, torch-zb"),
     (["--modes", "dgl+corrected"], "--sg-update corrected corrects a synthetic gradient: use --mode dni or cdni"),
+    (["--modes", "backprop+paper"], "bench mode 'backprop+paper': a +RULE row names an SG mode's update rule"),
     (["--modes", "delayed", "--delay", "-2"], "--delay must be 0 or more"),
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers and the head"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),

@@ -65,18 +65,24 @@ def _update_times(result, stage: int, edge: str) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["dni", "backprop"])
-def test_slow_last_stage_does_not_hold_back_stage_0_in_dni(ray_session, mode):
-    """The last stage sleeps 250 ms before each step's work. In dni, stage 0 has applied a whole
-    window of updates before the last stage finishes its first; in locked backprop every stage-0
-    update starts only after the last stage has slept and sent that step's gradient."""
+@pytest.mark.parametrize("mode, sg_update", [("dni", "gated"), ("dni", "corrected"), ("backprop", None)])
+def test_slow_last_stage_does_not_hold_back_stage_0_in_dni(ray_session, mode, sg_update):
+    """The last stage sleeps 250 ms before each step's work. In dni under the gated rule, stage 0 has applied a
+    whole window of updates before the last stage finishes its first; under the corrected rule (the default), which
+    computes a batch only once the true gradients of those d + 1 steps back are applied (d = K - 1 = 2 for stage 0),
+    d + 1 of them; in locked backprop every stage-0 update starts only after the last stage has slept and sent that
+    step's gradient."""
     window, delay = 4, 0.25
     cfg = TrainConfig(mode=mode, dataset="synthetic", arch="fc32*3", stages=3, epochs=1, batch_size=512,
-                      sg_hidden=[32], max_in_flight=window, stage_delay_ms=[0, 0, 1000 * delay]).validate()
+                      sg_hidden=[32], max_in_flight=window, stage_delay_ms=[0, 0, 1000 * delay],
+                      sg_update=sg_update).validate()
     result = train_pipeline(cfg, load_dataset("synthetic", None), progress=False)
     assert len(_update_times(result, 0, "end")) == len(_update_times(result, 2, "end")) == 8
     if mode == "dni":
-        assert _update_times(result, 0, "end")[window - 1] < _update_times(result, 2, "end")[0]
+        ahead = window if sg_update == "gated" else cfg.stage_delay(0) + 1
+        assert _update_times(result, 0, "end")[ahead - 1] < _update_times(result, 2, "end")[0]
+        if sg_update == "corrected":  # and no further
+            assert _update_times(result, 0, "end")[ahead] > _update_times(result, 2, "end")[0]
     else:
         first, last = _update_times(result, 0, "start"), _update_times(result, 2, "start")
         assert all(a > b + delay for a, b in zip(first, last))
