@@ -194,11 +194,46 @@ ALIGN_COMMANDS = JobCommands(
     show_summary=_show_alignment)
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    from .align.merge import write_completion_dataset
+
+    dataset, fraction, split_seed, tsv = args.dataset, args.seed_fraction, args.split_seed, args.alignment
+    if args.alignment not in ("none", "reference"):  # a `kg align` run: its pair of graphs, its split
+        run = RunFolder.existing(args.alignment)
+        cfg = run.read_config(AlignJobConfig)
+        dataset, fraction, split_seed, tsv = cfg.dataset, cfg.seed_fraction, cfg.split_seed, str(run.file("alignments.tsv"))
+        if cfg.data_dir and not args.data_dir:
+            args.data_dir = cfg.data_dir
+    data = load_alignment(dataset, args.data_dir, fraction, split_seed)
+    counts = write_completion_dataset(data, tsv, args.out, args.holdout, args.seed)
+    print(f"graph 1 of {data.name} {'alone' if args.alignment == 'none' else 'merged with graph 2 through ' + args.alignment}: "
+          f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test triples in {args.out}/ "
+          f"(train on it: dni-pipeline kg train --data-dir {args.out.parent} --dataset {args.out.name})")
+
+
 def add_commands(commands) -> None:
-    """Register `kg train|sweep` (the shared skeleton), `kg complete`, and `kg align|align-sweep`."""
+    """Register `kg train|sweep` (the shared skeleton), `kg complete`, and `kg align|align-sweep|merge`."""
     group = add_job_commands(commands, COMMANDS)
     add_train_command(group, ALIGN_COMMANDS, name="align", data_parallel=False)
     add_sweep_command(group, ALIGN_COMMANDS, name="align-sweep")
+    merge = group.add_parser("merge", help="graph 1 of a pair, alone or merged with graph 2, as a completion dataset",
+                             description=(
+        "Hold out valid and test triples of graph 1 (each --holdout of them, all of whose entities and relation occur "
+        "in training) and write train/valid/test.txt: graph 1's other triples, with graph 2's triples merged in "
+        "through the alignment (each aligned entity named as its partner) unless --alignment none. Run `kg train` "
+        "on the folder to measure what the other graph adds."))
+    merge.add_argument("--alignment", required=True, help=(
+        "none (graph 1 alone), reference (the reference alignment: the ceiling) or RUN, a `kg align` run folder "
+        "(its seeds and its alignments.tsv; its pair and split)"))
+    merge.add_argument("--dataset", default=ALIGN.dataset, help=f"the pair, as for kg align (default {ALIGN.dataset})")
+    merge.add_argument("--data-dir", help="folder holding kg-align/DATASET/ (or set $DNI_PIPELINE_DATA)")
+    merge.add_argument("--seed-fraction", type=float, default=ALIGN.seed_fraction, help="as for kg align")
+    merge.add_argument("--split-seed", type=int, default=ALIGN.split_seed, help="as for kg align")
+    merge.add_argument("--holdout", type=float, default=0.05, help="share of graph 1's triples held out for test, "
+                                                                   "and as many for valid (default 0.05)")
+    merge.add_argument("--seed", type=int, default=0, help="seed of the held-out draw (default 0)")
+    merge.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    merge.set_defaults(func=cmd_merge)
     comp = group.add_parser("complete", help="write the top-k predicted triples that are not already known", description=(
         "Score candidate triples with a trained run's best model and write the top-k that are in none of the splits, "
         "as TSV (head, relation, tail, score). Give --head and/or --relation (or --tail and/or --relation); with "

@@ -16,8 +16,8 @@ from .gcn_align import GCNAlign
 from .inference import cosine, csls, mutual_nearest
 from .mtranse import MTransE
 
-__all__ = ["ALIGN_MODELS", "AlignTrainConfig", "bootstrap", "build_align_model", "make_align_optimizer",
-           "train_align_epoch"]
+__all__ = ["ALIGN_MODELS", "MODEL_DEFAULTS", "AlignTrainConfig", "bootstrap", "build_align_model", "embeddings",
+           "make_align_optimizer", "train_align_epoch"]
 
 ALIGN_MODELS = {"dual-amn": DualAMN, "gcn-align": GCNAlign, "mtranse": MTransE}
 # Each model's settings in its authors' code (Dual-AMN: RMSprop 0.005, batches of 1024 seeds, 20 epochs then 5 per
@@ -105,6 +105,7 @@ def train_align_epoch(cfg: AlignTrainConfig, model, optimizer, seeds: np.ndarray
 
 @torch.no_grad()
 def embeddings(model) -> torch.Tensor:
+    """Every entity's vector, both graphs, in evaluation mode (no dropout)."""
     model.eval()
     return model()
 

@@ -143,6 +143,9 @@ def test_a_run_writes_its_folder_and_bootstraps_between_rounds(pair, tmp_path):
     assert [r["epoch"] for r in records] == list(range(1, 101))
     assert [r["seeds"] for r in records][60] == summary["rounds"][0]["seeds"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    # The found alignment merges graph 2 into graph 1 for completion: the seeds and the run's 210 pairs.
+    assert main(["kg", "merge", "--alignment", str(tmp_path / "run"), "--out", str(tmp_path / "found")]) == 0
+    assert len((tmp_path / "found" / "train.txt").read_text().splitlines()) > 0
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -188,3 +191,26 @@ def test_a_killed_alignment_task_resumes_to_the_uninterrupted_run(ray_session, p
     assert summary["test"] == whole["test"] and summary["rounds"] == whole["rounds"]
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, 601))
+
+
+def test_the_merge_keeps_every_triple_of_both_graphs_mapped_through_the_alignment_exactly_once(pair, tmp_path):
+    from kg.align.merge import write_completion_dataset
+    from kg.datasets import load_kg
+
+    data = load_alignment(str(pair))
+    partner = {int(b): data.uris[a] for a, b in np.concatenate([data.train_pairs, data.test_pairs])}
+    counts = write_completion_dataset(data, "reference", tmp_path / "merged")
+    lines = {s: (tmp_path / "merged" / f"{s}.txt").read_text().splitlines() for s in ("train", "valid", "test")}
+    held = round(0.05 * len(data.triples1))
+    assert counts == {s: len(v) for s, v in lines.items()} and counts["valid"] == counts["test"] == held
+    first = {f"{data.uris[h]}\tg1:{r}\t{data.uris[t]}" for h, r, t in data.triples1.tolist()}
+    second = [f"{partner[h]}\tg2:{r}\t{partner[t]}" for h, r, t in data.triples2.tolist()]
+    train = lines["train"]
+    assert len(train) == len(set(train))  # each once
+    assert sorted(t for t in train if "\tg2:" in t) == sorted(second)
+    assert set(t for t in train if "\tg1:" in t) | set(lines["valid"]) | set(lines["test"]) == first
+    assert not set(train) & (set(lines["valid"]) | set(lines["test"]))
+    load_kg("merged", str(tmp_path), unseen_policy="error")  # every held-out entity and relation occurs in train
+    alone = write_completion_dataset(data, "none", tmp_path / "alone")
+    assert alone == {"train": len(first) - 2 * held, "valid": held, "test": held}
+    assert (tmp_path / "alone" / "test.txt").read_text() == (tmp_path / "merged" / "test.txt").read_text()
