@@ -35,7 +35,7 @@ def _row_mean(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> tor
     rows, cols = keys // shape[1], keys % shape[1]
     counts = np.bincount(rows, minlength=shape[0])
     values = torch.tensor(1.0 / counts[rows], dtype=torch.float32)
-    return torch.sparse_coo_tensor(torch.tensor(np.stack([rows, cols])), values, shape).coalesce()
+    return torch.sparse_coo_tensor(torch.tensor(np.stack([rows, cols])), values, shape, check_invariants=False).coalesce()
 
 
 class RelationalGraph:

@@ -32,11 +32,12 @@ def weighted_adjacency(triples: np.ndarray, num_entities: int) -> torch.Tensor:
     values = np.concatenate([np.maximum(inverse[r[keep]], 0.3), np.maximum(functionality[r[keep]], 0.3),
                              np.ones(num_entities)])
     matrix = torch.sparse_coo_tensor(torch.tensor(np.stack([rows, cols])), torch.tensor(values, dtype=torch.float32),
-                                     (num_entities, num_entities)).coalesce()
+                                     (num_entities, num_entities), check_invariants=False).coalesce()
     degree = torch.zeros(num_entities).index_add_(0, matrix.indices()[0], matrix.values())
     scale = degree.rsqrt()
     i, j = matrix.indices()
-    return torch.sparse_coo_tensor(matrix.indices(), matrix.values() * scale[i] * scale[j], matrix.shape).coalesce()
+    return torch.sparse_coo_tensor(matrix.indices(), matrix.values() * scale[i] * scale[j], matrix.shape,
+                                   check_invariants=False).coalesce()
 
 
 class GCNAlign(nn.Module):

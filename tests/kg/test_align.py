@@ -214,3 +214,24 @@ def test_the_merge_keeps_every_triple_of_both_graphs_mapped_through_the_alignmen
     alone = write_completion_dataset(data, "none", tmp_path / "alone")
     assert alone == {"train": len(first) - 2 * held, "valid": held, "test": held}
     assert (tmp_path / "alone" / "test.txt").read_text() == (tmp_path / "merged" / "test.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_selects_on_held_out_seeds_and_refuses_to_select_on_test(ray_session, pair, tmp_path, capsys):
+    base = ["--dataset", str(pair), "--model", "gcn-align", "--epochs", "40", "--grid", "lr=5,20"]
+    assert main(["kg", "align-sweep", *base, "--out", str(tmp_path / "refused")]) == 2
+    assert "selects on held-out seeds, never on the test pairs" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main(["kg", "align-sweep", *base, "--valid-fraction", "0.2", "--out", str(tmp_path / "sweep")]) == 0
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert sweep["selected_on"] == "valid_hits@1" and len(sweep["trials"]) == 2
+    assert sweep["best"]["valid_hits@1"] == max(t["valid_hits@1"] for t in sweep["trials"])
+    summary = json.loads((tmp_path / "sweep" / sweep["best"]["trial"] / "summary.json").read_text())
+    assert summary["seed_pairs"] == 72 and summary["valid_pairs"] == 18  # 90 seeds, a fifth held out
+
+
+def test_resuming_a_finished_run_from_the_command_line_changes_nothing_but_the_resumed_flag(pair, tmp_path):
+    first = train_align(_job(pair), RunFolder(tmp_path / "run"))
+    assert main(["kg", "align", "--resume", str(tmp_path / "run")]) == 0
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["resumed"] and resumed["epochs"] == first["epochs"] and resumed["test"] == first["test"]
