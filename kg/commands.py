@@ -66,17 +66,23 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"candidate entities per score matrix: bounds memory (default {RUN.chunk_size})")
 
 
-def _config(args: argparse.Namespace) -> KGJobConfig:
-    """The preset for (dataset, model), overridden by the config file, overridden by the given flags."""
+def _file_and_flags(args: argparse.Namespace, job_class, train_class) -> tuple[dict, dict]:
+    """The config file's values overridden by the given flags, split into (training fields, job fields); a key of
+    the file that neither config has is refused."""
     file_values = load_config_file(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None}
-    train_fields = {f.name: f.type for f in dataclasses.fields(KGTrainConfig)}
-    job_fields = {f.name: f.type for f in dataclasses.fields(KGJobConfig) if f.name != "train"}
+    train_fields = {f.name: f.type for f in dataclasses.fields(train_class)}
+    job_fields = {f.name: f.type for f in dataclasses.fields(job_class) if f.name != "train"}
     check_file_values(file_values, {**job_fields, **train_fields})
-    merged = {**file_values, **{k: v for k, v in flags.items() if k in train_fields or k in job_fields}}
-    dataset, model = merged.get("dataset", RUN.dataset), merged.get("model", TRAIN.model)
-    train = {**preset(dataset, model), **{k: v for k, v in merged.items() if k in train_fields}}
-    return KGJobConfig(train=KGTrainConfig(**train), **{k: v for k, v in merged.items() if k in job_fields}).validate()
+    merged = {**file_values, **flags}
+    return ({k: v for k, v in merged.items() if k in train_fields}, {k: v for k, v in merged.items() if k in job_fields})
+
+
+def _config(args: argparse.Namespace) -> KGJobConfig:
+    """The preset for (dataset, model), overridden by the config file, overridden by the given flags."""
+    train, job = _file_and_flags(args, KGJobConfig, KGTrainConfig)
+    train = {**preset(job.get("dataset", RUN.dataset), train.get("model", TRAIN.model)), **train}
+    return KGJobConfig(train=KGTrainConfig(**train), **job).validate()
 
 
 def _check_data(cfg: KGJobConfig) -> None:
@@ -159,14 +165,9 @@ def _align_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _align_config(args: argparse.Namespace) -> AlignJobConfig:
-    file_values = load_config_file(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    train_fields = {f.name: f.type for f in dataclasses.fields(AlignTrainConfig)}
-    job_fields = {f.name: f.type for f in dataclasses.fields(AlignJobConfig) if f.name != "train"}
-    check_file_values(file_values, {**job_fields, **train_fields})
-    merged = {**file_values, **{k: v for k, v in flags.items() if k in train_fields or k in job_fields}}
-    train = AlignTrainConfig(**{k: v for k, v in merged.items() if k in train_fields})
-    return AlignJobConfig(train=train, **{k: v for k, v in merged.items() if k in job_fields}).validate()
+    """The models' defaults (AlignTrainConfig.resolved), overridden by the config file, overridden by the flags."""
+    train, job = _file_and_flags(args, AlignJobConfig, AlignTrainConfig)
+    return AlignJobConfig(train=AlignTrainConfig(**train), **job).validate()
 
 
 def _check_alignment(cfg: AlignJobConfig) -> None:

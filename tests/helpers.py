@@ -47,3 +47,18 @@ def wired_by_calls(stages: list, i: int):
         else:
             stages[i - 1].backward(message.step, message.micro, message.tensor)
     return send
+
+
+def kill_task_after_epoch(checkpoint: Path, epoch: int, timeout: float = 120.0) -> None:
+    """SIGKILL the Ray worker of the job task (`_attempt`) once its checkpoint has passed `epoch`."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    deadline = time.time() + timeout
+    while not checkpoint.is_file() or torch.load(checkpoint, weights_only=True)["state"]["epoch"] < epoch:
+        assert time.time() < deadline, f"{checkpoint} did not reach epoch {epoch} in {timeout:g} s"
+        time.sleep(0.05)
+    os.kill(task_process("_attempt"), signal.SIGKILL)

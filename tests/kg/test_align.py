@@ -2,14 +2,11 @@
 known answer, the job's run folder, resume and bad input."""
 
 import json
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 import torch
-from helpers import task_process
+from helpers import kill_task_after_epoch
 
 from dni_pipeline.cli import main
 from dni_pipeline.core.jobs import submit_job
@@ -180,12 +177,7 @@ def test_a_killed_alignment_task_resumes_to_the_uninterrupted_run(ray_session, p
     cfg.train.epochs = 400
     whole = ray_session.get(submit_job(ALIGN_JOB, cfg, str(tmp_path / "whole"), Resources()))
     ref = submit_job(ALIGN_JOB, cfg, str(tmp_path / "killed"), Resources())
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not checkpoint.is_file() or torch.load(checkpoint, weights_only=True)["state"]["epoch"] < 100:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(task_process("_attempt"), signal.SIGKILL)
+    kill_task_after_epoch(tmp_path / "killed" / "checkpoint.pt", 100)
     summary = ray_session.get(ref)
     assert summary["resumed"] and summary["epochs"] == 600
     assert summary["test"] == whole["test"] and summary["rounds"] == whole["rounds"]

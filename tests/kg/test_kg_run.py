@@ -2,14 +2,11 @@
 
 import dataclasses
 import json
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 import torch
-from helpers import task_process
+from helpers import kill_task_after_epoch
 
 from dni_pipeline.cli import main
 from dni_pipeline.core.jobs import run_sweep, submit_job
@@ -208,12 +205,7 @@ def test_a_killed_task_is_retried_by_ray_and_resumes_from_its_checkpoint(ray_ses
     cfg = _config(epochs=120, eval_every=40, patience=100)
     whole = ray_session.get(submit_job(KG_JOB, cfg, str(tmp_path / "whole"), Resources()))
     ref = submit_job(KG_JOB, cfg, str(tmp_path / "killed"), Resources())
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not checkpoint.is_file() or torch.load(checkpoint, weights_only=True)["state"]["epoch"] < 10:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(task_process("_attempt"), signal.SIGKILL)
+    kill_task_after_epoch(tmp_path / "killed" / "checkpoint.pt", 10)
     summary = ray_session.get(ref)
     assert summary["resumed"] and summary["epochs"] == 120 and summary["steps"] == summary["planned_steps"]
     assert summary["test"]["mrr"] == whole["test"]["mrr"]  # the same run as the one never interrupted
