@@ -1,5 +1,9 @@
 """Helpers shared by test modules."""
 
+import contextlib
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +66,26 @@ def kill_task_after_epoch(checkpoint: Path, epoch: int, timeout: float = 120.0) 
         assert time.time() < deadline, f"{checkpoint} did not reach epoch {epoch} in {timeout:g} s"
         time.sleep(0.05)
     os.kill(task_process("_attempt"), signal.SIGKILL)
+
+
+class CutShortHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but sends only the first `cut` bytes of each file under its full Content-Length."""
+
+    cut = 1000
+
+    def copyfile(self, source, outputfile):
+        outputfile.write(source.read(self.cut))
+
+
+@contextlib.contextmanager
+def http_mirror(folder, handler=http.server.SimpleHTTPRequestHandler):
+    """A mirror on 127.0.0.1 serving `folder`, as MNIST's mirrors serve its files; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.RequestHandlerClass.log_message = lambda *args: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,6 +19,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dni_pipeline", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_train_writes_summary_metrics_and_plot(ray_session, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--mode", "cdni", *FAST, "--out", str(out)]) == 0
@@ -38,6 +39,7 @@ def test_train_writes_summary_metrics_and_plot(ray_session, tmp_path, capsys):
     assert "test acc" in table and "cdni" in table
 
 
+@pytest.mark.slow
 def test_config_file_with_flags_overriding(ray_session, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("mode: backprop\nbatch-size: 128\nepochs: 5\n")
@@ -184,3 +186,21 @@ def test_a_cluster_command_starts_without_torch_sklearn_or_matplotlib(tmp_path):
             "print(code, sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.stdout.split("\n")[-2] == "2 []", result.stderr
+
+
+def test_the_demo_fetches_mnist_where_it_can_and_says_so_where_it_cannot(tmp_path, monkeypatch, caplog, mnist_dir):
+    from helpers import http_mirror
+
+    from dni_pipeline.cli import demo_dataset
+
+    for module in ("dni_pipeline.core.settings", "dni_pipeline.core.datasets"):
+        monkeypatch.setattr(f"{module}.CACHE_DIR", tmp_path / "cache")
+    assert demo_dataset(tmp_path, download=False) == "digits"
+    assert "no MNIST" in caplog.text and not (tmp_path / "cache").exists()
+    monkeypatch.setattr("dni_pipeline.core.datasets.MNIST_MIRRORS", ("http://127.0.0.1:9/",))  # nothing listens there
+    assert demo_dataset(tmp_path, download=True) == "digits"
+    assert "could not download train-images-idx3-ubyte.gz" in caplog.text
+    with http_mirror(mnist_dir) as url:
+        monkeypatch.setattr("dni_pipeline.core.datasets.MNIST_MIRRORS", (url,))
+        assert demo_dataset(tmp_path, download=True) == "mnist"
+    assert demo_dataset(tmp_path, download=False) == "mnist"  # from the cache now

@@ -2,10 +2,11 @@
 that appear only once verified."""
 
 import contextlib
+import http.client
 import json
 import logging
 import os
-import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -45,9 +46,24 @@ def fetch_verified(urls: list[str], final: Path, verify: Callable[[Path], None])
         try:
             with atomic_path(final) as tmp:
                 with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
-                    shutil.copyfileobj(src, out)
+                    _copy_with_bar(src, out, final.name, int(src.headers.get("Content-Length") or 0))
                 verify(tmp)
             return
-        except (OSError, UserError) as exc:
+        except (OSError, http.client.HTTPException, UserError) as exc:
             log.warning("download of %s failed: %s", url, exc)
     raise UserError(f"could not download {final.name} from any mirror: check the network or copy the file to {final}")
+
+
+def _copy_with_bar(src, out, name: str, size: int, chunk: int = 1 << 16) -> None:
+    """Copy a download with a progress bar on a terminal (tqdm writes nothing elsewhere); a connection closed
+    before `size` bytes (the server's Content-Length) is an interrupted download, not a short file."""
+    from tqdm import tqdm
+
+    copied = 0
+    with tqdm(total=size or None, unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty()) as bar:
+        while block := src.read(chunk):
+            out.write(block)
+            copied += len(block)
+            bar.update(len(block))
+    if size and copied != size:
+        raise OSError(f"interrupted after {copied} of {size} bytes")

@@ -172,7 +172,12 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
 
 
 def check_networks(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> None:
-    """Refuse, before any run or run folder, a model that a row cannot train: torch-zb cuts it again."""
+    """Refuse, before any run or run folder, a model that a row cannot train (torch-zb cuts it again), and a
+    language model raced to an accuracy: a model scored in bits needs its target in bits."""
+    sequence_output = any(n.objective.classifies and len(n.boundaries[-1][0]) == 2 for n in networks.values())
+    if bench.tta_epochs and bench.target_bits is None and sequence_output:
+        raise UserError("this model predicts a sequence and is scored in bits per token: give --target-bits (for "
+                        "example 2.8 for the character GPT), or --tta-epochs 0 to measure samples/s only")
     for k in bench.stages if "torch-zb" in bench.modes else []:
         peer_network(dataclasses.replace(bench.base, stages=k), "torch-zb", data, networks[k])
 

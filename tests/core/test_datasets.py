@@ -3,6 +3,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from helpers import CutShortHandler, http_mirror
 from helpers import idx_bytes as _idx
 
 from dni_pipeline.core.datasets import MNIST_FILES, load_dataset, read_idx
@@ -83,3 +84,27 @@ def test_download_verifies_and_leaves_nothing_partial(tmp_path, monkeypatch, mni
     monkeypatch.setattr("dni_pipeline.core.datasets.MNIST_MIRRORS", (corrupt.as_uri() + "/", mnist_dir.as_uri() + "/"))
     download_mnist(tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(f"{n}.gz" for n in MNIST_FILES)
+
+
+def test_download_over_http_refuses_a_corrupt_copy_and_an_interrupted_one(tmp_path, monkeypatch, caplog, mnist_dir):
+    from dni_pipeline.core.datasets import download_mnist, load_mnist
+
+    corrupt = tmp_path / "corrupt"  # the first file fetched with its IDX header and size intact, one pixel changed
+    corrupt.mkdir()
+    raw = bytearray(gzip.decompress((mnist_dir / "train-images-idx3-ubyte.gz").read_bytes()))
+    raw[-1] ^= 0xFF
+    (corrupt / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+    cache = tmp_path / "cache"
+    with http_mirror(corrupt) as bad, http_mirror(mnist_dir, CutShortHandler) as cut, http_mirror(mnist_dir) as good:
+        for mirrors in [(bad,), (cut,)]:
+            monkeypatch.setattr("dni_pipeline.core.datasets.MNIST_MIRRORS", mirrors)
+            with pytest.raises(UserError, match="could not download train-images-idx3-ubyte.gz from any mirror"):
+                download_mnist(cache)
+            assert list(cache.iterdir()) == []  # neither the bad file nor a partial one
+        assert "fails its md5 check" in caplog.text and "interrupted after 1000 of 9719438 bytes" in caplog.text
+        monkeypatch.setattr("dni_pipeline.core.datasets.MNIST_MIRRORS", (bad, cut, good))
+        download_mnist(cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in MNIST_FILES)
+    for name in MNIST_FILES:
+        assert (cache / f"{name}.gz").read_bytes() == (mnist_dir / f"{name}.gz").read_bytes()
+    assert load_mnist(cache, download=False).x_train.shape == (60000, 1, 28, 28)

@@ -40,6 +40,7 @@ def _metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_workers_train_the_weights_of_one_process(ray_session, tmp_path):
     cfg = _config(steps=6)
     one = train_diffusion(cfg, RunFolder(tmp_path / "one"))

@@ -15,6 +15,7 @@ def _summary(folder):
     return json.loads((folder / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_as_a_ray_task_writes_the_run_folder(ray_session, tmp_path):
     out = tmp_path / "run"
     assert main(["diffusion", "train", *QUICK, "--out", str(out)]) == 0
@@ -77,6 +78,7 @@ def test_a_run_killed_mid_way_resumes_with_no_step_lost_or_repeated(tmp_path):
         assert torch.equal(whole["model"][name], killed["model"][name]), name
 
 
+@pytest.mark.slow
 def test_sweep_runs_parallel_tasks_and_ranks_them(ray_session, tmp_path):
     """Each trial reserves the GPUs asked for (the session's Ray has one logical GPU: two trials of 0.5 fit)."""
     out = tmp_path / "sweep"

@@ -19,6 +19,7 @@ from kg.training import KGTrainConfig
 # one process's. Adagrad (ComplEx) divides each coordinate's gradient by the root of its own summed
 # squares, so a coordinate whose gradient is a near-cancellation (rounding-sized) still takes a step of
 # order lr: measured 1.1e-5 after 8 steps on weights of order 0.7; the bound leaves a margin of 10.
+@pytest.mark.slow
 @pytest.mark.parametrize("model, batch_size, tolerance", [("complex", 1001, 1e-4), ("rotate", 101, 1e-5)])
 def test_two_workers_train_the_weights_of_one_process(ray_session, tmp_path, model, batch_size, tolerance):
     """ComplEx 1vsall with N3 and RotatE with negative sampling, 2 epochs; odd batches, so the replicas'

@@ -143,6 +143,7 @@ def test_countries_reports_auc_pr_over_the_regions(tmp_path):
     assert region_auc_pr(untrained, data, "valid") < 0.5  # five regions, one true: random scores give about 0.3
 
 
+@pytest.mark.slow
 def test_sweep_runs_trials_as_ray_tasks_and_selects_on_validation(ray_session, tmp_path):
     base = _config(epochs=4)
     trials = run_sweep(KG_JOB, base, {"dim": [2, 32]}, RunFolder(tmp_path / "sweep"), Resources())

@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import user_models
 
+import dni_pipeline
 from dni_pipeline.cli import main
+from dni_pipeline.core.errors import UserError
 from dni_pipeline.trainer.bench import BenchConfig, _add_ratios
 from dni_pipeline.trainer.config import TrainConfig
 from dni_pipeline.trainer.report import bubble_formula
@@ -81,3 +84,15 @@ def test_bench_config_validates_every_mode_and_stage_count():
     assert bench.rows() == ["single", "gpipe", "cdni", "cdni sg-off", "dgl"]
     with pytest.raises(Exception, match="more than the 3 hidden layers"):
         BenchConfig(base, stages=[5]).validate()
+
+
+@pytest.mark.slow
+def test_a_language_model_needs_its_target_in_bits(ray_session, tmp_path):
+    model, data = dni_pipeline.gpt((16,), 12, layers=2, heads=2, width=16), user_models.markov_text_data(windows=120)
+    with pytest.raises(UserError, match="scored in bits per token: give --target-bits"):
+        dni_pipeline.bench(model, data, out=str(tmp_path / "b"), modes=["single"], steps=2, reps=1)
+    assert not (tmp_path / "b").exists()
+    entries = dni_pipeline.bench(model, data, out=str(tmp_path / "b"), modes=["single", "dni"], steps=2, reps=1,
+                                 latencies=[0.0], target_bits=9.0, tta_steps=4, eval_every=2, batch_size=16,
+                                 progress=False)
+    assert all(e["time_to_accuracy_seconds"] is not None for e in entries)  # 9 bits: met at the first evaluation

@@ -158,10 +158,9 @@ def _arrays(data):
     return np.asarray(x), np.asarray(y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, stages, delay", [
-    ("mlp", 3, None), ("gpt", 2, 1), ("mlp", 2, 0),
-    pytest.param("mlp", 2, 2, marks=pytest.mark.slow), pytest.param("gpt", 3, None, marks=pytest.mark.slow),
-    pytest.param("gpt", 3, 2, marks=pytest.mark.slow)])
+    ("mlp", 3, None), ("gpt", 2, 1), ("mlp", 2, 0), ("mlp", 2, 2), ("gpt", 3, None), ("gpt", 3, 2)])
 def test_delayed_actors_equal_the_one_process_delayed_algorithm(ray_session, family, stages, delay):
     """On real actors, in the run's data order: the stages' weights are the reference's (delay None: K - 1 - k; delay 0:
     locked backprop's, as the reference is then)."""

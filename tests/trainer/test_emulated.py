@@ -82,6 +82,7 @@ def test_the_config_path_cuts_it_per_stage_and_takes_its_sg_and_head_factories(w
     assert peer_network(cfg, "torch-zb", data, network).num_stages == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["gpipe", "cdni", "dgl"])
 def test_emulated_stages_train_on_actors_and_wait_what_was_asked(ray_session, mode):
     """Real waits on real actors: stage 0's busy time holds at least its forwards' and backwards' waits."""
@@ -95,6 +96,7 @@ def test_emulated_stages_train_on_actors_and_wait_what_was_asked(ray_session, mo
     assert busy >= 6 * 0.060
 
 
+@pytest.mark.slow
 def test_the_torch_peers_train_it(ray_session):
     data = make_synthetic(0, num_train=512, num_test=64)
     cfg = TrainConfig(mode="backprop", model="emulated", model_options={"forward_ms": 5, "backward_ms": 5},

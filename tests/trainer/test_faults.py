@@ -150,6 +150,7 @@ def test_locked_training_after_a_lost_stage_equals_the_undisturbed_run_exactly(r
     assert (killed["test_accuracy"], killed["test_loss"]) == (clean["test_accuracy"], clean["test_loss"])
 
 
+@pytest.mark.slow
 def test_a_stuck_stage_is_killed_restarted_and_the_run_completes(ray_session, tmp_path):
     cfg = _digits_config(epochs=4, stall_timeout=3.0)
     stopped = {}
@@ -186,6 +187,7 @@ def test_resuming_a_finished_run_changes_nothing_but_the_resume_count(ray_sessio
     _assert_every_step_once(tmp_path / "run", again)
 
 
+@pytest.mark.slow
 def test_a_nan_at_a_stage_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint(ray_session, tmp_path):
     cfg = _digits_config(epochs=2, checkpoint_every=10, inject_nan=[1, 33])
     with pytest.raises(PipelineError, match=r"^stage 1: non-finite activation at step 33$"):

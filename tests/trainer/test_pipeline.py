@@ -36,6 +36,7 @@ def _reference_training(cfg: TrainConfig, data) -> list[dict]:
     return [s.state_dict() for s in stages]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, stages", [("backprop", 3), ("gpipe", 3), ("1f1b", 3), ("1f1b", 4)])
 def test_locked_modes_on_actors_equal_single_process_pytorch(ray_session, mode, stages, tmp_path):
     """Stage 4 of 4 holds the head alone (every hidden layer on its own stage)."""
@@ -131,6 +132,7 @@ class _FailsInTraining(torch.nn.Linear):
         return super().forward(x)
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_run_naming_the_stage_and_step(ray_session):
     from dni_pipeline.trainer.model import as_network
     from dni_pipeline.trainer.recovery import PipelineError

@@ -9,10 +9,10 @@ from torch import nn
 
 import dni_pipeline
 
-FAST_MODES = ("backprop", "dni", "cdni", "dgl", "delayed")
-MODES = [*FAST_MODES, *(pytest.param(m, marks=pytest.mark.slow) for m in ("gpipe", "1f1b"))]
+MODES = ("backprop", "gpipe", "1f1b", "dni", "cdni", "dgl", "delayed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_trains_a_sequence_classifier_and_its_state_dict_gives_the_reported_accuracy(ray_session, mode):
     model, data = user_models.sequence_classifier(), user_models.majority_token_data()

@@ -107,6 +107,7 @@ def test_step_trust_reads_the_bound_against_the_true_gradients_own_step():
     assert restored.scale == trust.scale > 0
 
 
+@pytest.mark.slow
 def test_sg_driven_training_is_no_worse_than_the_sg_off_ablation(ray_session, mnist_dir):
     """cDNI on the bench's kind of block (1024 wide, three layers per stage), 40 steps of 256 real MNIST
     digits. The paper's rule (raw SG into Adam) loses to leaving stage 0 untrained here; the corrected rule

@@ -121,6 +121,7 @@ def _digits(**overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides}).validate()
 
 
+@pytest.mark.slow
 def test_a_slowed_stage_0_does_not_slow_the_updates_of_stage_1(ray_session):
     cfg = _digits(stages=2, max_steps=24, batch_size=32, stage_delay_ms=[60.0, 0.0], max_in_flight=24)  # one epoch
     result = train_pipeline(cfg, load_dataset("digits", None, seed=0), progress=False)
@@ -134,6 +135,7 @@ def test_a_slowed_stage_0_does_not_slow_the_updates_of_stage_1(ray_session):
     assert sum(t <= first_real for t in updates[1]) >= 1  # stage 1 updated before its first real input arrived
 
 
+@pytest.mark.slow
 def test_input_models_fit_the_real_inputs_of_their_own_batches_and_the_run_learns(ray_session):
     result = train_pipeline(_digits(), load_dataset("digits", None, seed=0), progress=False)
     last = [s for s in result.steps if "input_r2" in s][-10:]
