@@ -20,7 +20,7 @@ STAGE_SLOT = "stage_slot"  # custom resource a cluster's nodes offer: one per pl
 # Ray passes a task's arguments up to this size inside the call instead of through the object store. Its
 # default (100 KiB) sends the bench model's 256 KiB micro-batch activations through the store: a call between
 # two actors on one machine took 3.2-4.0 ms that way and 2.0-2.7 ms inline, while at 512 KiB inline was no longer
-# faster (benchmarks/inline_threshold.py; benchmarks/results/locked-vs-torch/inline_threshold.md).
+# faster (benchmarks/diagnoses/inline_threshold.py; benchmarks/results/locked-vs-torch/inline_threshold.md).
 INLINE_BYTES = 384 * 1024
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from dni_pipeline.core.errors import JobFailed, UserError
+from dni_pipeline.core.host import CpuBusy
+from dni_pipeline.core.provenance import provenance, provenance_line
 from dni_pipeline.core.run_folder import RunFolder
 
 from .config import TrainConfig
@@ -183,13 +185,18 @@ def check_networks(bench: BenchConfig, data: PlacedData, networks: dict[int, Net
 
 
 def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True, network_for=None) -> list[dict]:
-    """Run everything, write bench.json, bench.md and the plots into `folder`; return the entries.
+    """Run everything, write bench.json, bench.md, provenance.json (commit, command, resolved config, host load)
+    and the plots into `folder`; return the entries.
     `network_for(K)` gives the model cut into K stages (default: the one the base config names)."""
     data = place_data(data)
     network_for = network_for or (lambda k: network_from_config(dataclasses.replace(bench.base, stages=k), data))
     networks = {k: network_for(k) for k in bench.stages}
-    throughput = _throughput_runs(bench, data, networks, progress)
-    tta = _time_to_accuracy_runs(bench, data, networks) if bench.tta_epochs else {}
+    record = provenance()
+    with CpuBusy() as host:
+        throughput = _throughput_runs(bench, data, networks, progress)
+        tta = _time_to_accuracy_runs(bench, data, networks) if bench.tta_epochs else {}
+    record.update(host_cpu_busy=host.share, config={
+        **dataclasses.asdict(bench), "base": {**dataclasses.asdict(bench.base), "sg_update": bench.base.resolved_sg_update()}})
     base_latency = bench.latencies[0]
     entries = []
     for k in bench.stages:
@@ -240,7 +247,8 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
             entries.append(entry)
     _add_ratios(entries)
     folder.write_json("bench.json", entries)
-    folder.file("bench.md").write_text(bench_table(entries, bench))
+    folder.write_json("provenance.json", record)
+    folder.file("bench.md").write_text(bench_table(entries, bench) + "\n" + provenance_line(record) + "\n")
     _plots(bench, entries, throughput, tta, folder)
     return entries
 

@@ -23,4 +23,4 @@ class StageConfig:
     sg_trust_every: int = 4  # `gated`: steps between measurements of the SG step against the true one
     delay: int = 0  # `delayed`: steps between a batch's forward and the update on its gradient
     staleness: str = "lookahead"  # `delayed`: what a batch in flight keeps (delayed.STALENESS); the best of the three on
-    # the MLP, the GPT and the ResNet at K = 2 (benchmarks/delayed_staleness.sh, docs/results.md)
+    # the MLP, the GPT and the ResNet at K = 2 (benchmarks/time-to-accuracy/delayed_staleness.sh, docs/results.md)

@@ -52,6 +52,10 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     assert single["vs_single"] == 1.0 and entries[1]["vs_single"] > 0
     table = (out / "bench.md").read_text()
     assert table.startswith("| mode | K |") and "| dni sg-off | 2 |" in table and "kept at 5 ms" in table
+    record = json.loads((out / "provenance.json").read_text())
+    assert table.rstrip().endswith(f"load average {record['load_average'][0]:g} at the start.")
+    assert record["config"]["base"]["sg_update"] == "gated" and record["config"]["modes"][0] == "backprop"
+    assert 0 < record["host_cpu_busy"] <= 1 and len(record["commit"]) == 40
     assert "s to 30% test accuracy at 5 ms" in table
     for name in ("throughput.png", "timeline_backprop_K2.png", "timeline_dni_K2.png", "timeline_dni_sg-off_K2.png",
                  "latency.png", "accuracy_vs_time.png", "time_to_accuracy.png", "sg_cosine.png"):

@@ -264,7 +264,7 @@ def test_resume_refuses_a_changed_config_or_a_folder_without_a_manifest(tmp_path
 @pytest.mark.slow
 def test_a_removed_node_moves_its_stage_to_a_surviving_node_and_the_run_completes(tmp_path):
     """In its own process: a `ray.cluster_utils.Cluster` cannot share this session's Ray."""
-    script = Path(__file__).parents[2] / "benchmarks" / "node_loss.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "faults" / "node_loss.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -20,7 +20,7 @@ happen in training mode only: evaluation is not what is emulated, and is outside
 
 Given one value, every stage waits the same whatever K (weak scaling: as if each extra device held
 one more block of the same cost); the values are what a user measured for a stage of their own
-model, or what `benchmarks/emulated_devices.py measure` measures for the bench's MLP.
+model, or what `benchmarks/emulated-devices/emulated_devices.py measure` measures for the bench's MLP.
 """
 
 import functools

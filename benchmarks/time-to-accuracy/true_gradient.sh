@@ -2,9 +2,9 @@
 # Issue 33's bench: the modes unlocked by the true gradient (delayed; dni and cdni under --sg-update corrected)
 # beside locked backprop, dgl, one PyTorch process and PyTorch's 1F1B, on the character GPT and the residual CNN
 # at K = 2, at 0, 20 and 50 ms per message, one bench run per model; then the MLP the same way. The gated SG rows
-# and their SG-off ablations of the same models are benchmarks/any_network_sg.sh's (the split of the update rules
+# and their SG-off ablations of the same models are benchmarks/synthetic-gradients/any_network_sg.sh's (the split of the update rules
 # left them as they were).
-# Usage: bash benchmarks/true_gradient.sh DATA_DIR [MODELS]   (MODELS: gpt resnet mlp cost; about 20, 30, 30 and 5
+# Usage: bash benchmarks/time-to-accuracy/true_gradient.sh DATA_DIR [MODELS]   (MODELS: gpt resnet mlp cost; about 20, 30, 30 and 5
 # minutes)
 set -euo pipefail
 DATA=${1:?usage: true_gradient.sh DATA_DIR [MODELS]}

@@ -2,7 +2,7 @@
 # The bench model (K = 2, fc1024*8, linear SG models) for EPOCHS epochs: backprop, dni, cdni and the
 # SG-off ablation (the same for both SG modes: stage 0 is never trained), evaluated and probed every 25
 # steps; then the test accuracy at every evaluation side by side and the median SG cosine per epoch.
-# Usage: benchmarks/sg_vs_ablation.sh DATA_DIR OUT_DIR [EPOCHS]
+# Usage: benchmarks/synthetic-gradients/sg_vs_ablation.sh DATA_DIR OUT_DIR [EPOCHS]
 set -euo pipefail
 data=${1:?data dir holding the MNIST IDX files}
 out=${2:?output folder}

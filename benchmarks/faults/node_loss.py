@@ -2,8 +2,8 @@
 machine) whose node holding stage 1 is removed once the checkpoint of step `--fault-after` is written.
 Prints the run's summary as JSON on the last line, with `removed_node` and `removed_at` added.
 
-Usage: python benchmarks/node_loss.py RUN [--dataset digits|mnist] [--data-dir D] [--epochs E] [--arch A]
-(used by tests/test_faults.py and benchmarks/faults.py)
+Usage: python benchmarks/faults/node_loss.py RUN [--dataset digits|mnist] [--data-dir D] [--epochs E] [--arch A]
+(used by tests/test_faults.py and benchmarks/faults/faults.py)
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """A table of training runs side by side: the test metric at every evaluation step, samples/s and the peak bytes a
 stage held for batches in flight, one row per run folder (its summary.json and metrics.jsonl).
 
-    python benchmarks/run_table.py OUT_DIR [--metric test_accuracy|test_bits]
+    python benchmarks/time-to-accuracy/run_table.py OUT_DIR [--metric test_accuracy|test_bits]
 
 reads the run folders OUT_DIR/runs/* (kept out of git: `runs/` is ignored), writes OUT_DIR/table.md and
 OUT_DIR/summary.json (the figures of the table) and prints the table.

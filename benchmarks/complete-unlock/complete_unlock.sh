@@ -7,7 +7,7 @@
 # unlock with input models of two hidden layers of 1024, MODE-paper-rule / MODE-calibrated-rule / MODE-corrected-rule,
 # dni or cdni under another SG update rule, delayed (the delayed mode, DDG's delays K - 1 - k) and delayed-dN (a fixed
 # delay of N steps). BASE replaces the runs every table has (default: backprop cdni cdni-si dni dni-si sgoff).
-# Usage: benchmarks/complete_unlock.sh DATA_DIR OUT_DIR [ARCH] [EPOCHS] [SEEDS] [EXTRA] [BASE]
+# Usage: benchmarks/complete-unlock/complete_unlock.sh DATA_DIR OUT_DIR [ARCH] [EPOCHS] [SEEDS] [EXTRA] [BASE]
 set -euo pipefail
 data=${1:?data dir holding the MNIST IDX files}
 out=${2:?output folder}

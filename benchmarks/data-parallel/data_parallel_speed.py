@@ -11,7 +11,7 @@ a ring all-reduce of G bytes over N workers moves 2 (N - 1) / N x G bytes throug
 at `--link-gbps`. Step time = half-batch compute + that transfer (no overlap assumed, so the estimate
 is pessimistic where DDP overlaps them).
 
-Usage: python benchmarks/data_parallel_speed.py --data-dir ../shared/data --out runs/dp-speed
+Usage: python benchmarks/data-parallel/data_parallel_speed.py --data-dir ../shared/data --out runs/dp-speed
 """
 
 import argparse

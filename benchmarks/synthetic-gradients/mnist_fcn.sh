@@ -2,7 +2,7 @@
 # The paper's MNIST FCN (3 hidden layers of 256 with BN + ReLU, each its own stage), batch 256, one run
 # per mode and seed, each SG mode beside its SG-off ablation, then a table (mean and spread over seeds)
 # from the runs' summary.json files.
-# Usage: benchmarks/mnist_fcn.sh DATA_DIR OUT_DIR [EPOCHS] [SEEDS]
+# Usage: benchmarks/synthetic-gradients/mnist_fcn.sh DATA_DIR OUT_DIR [EPOCHS] [SEEDS]
 set -euo pipefail
 data=${1:?data dir holding the MNIST IDX files}
 out=${2:?output folder}

@@ -6,7 +6,7 @@ A stage's update rate is its updates over the span from its first update's start
 message; the slowed run then adds that much to one stage's every message (`--stage-delay-ms`), so its
 compute doubles. The table gives each stage's rate slowed over unslowed, and samples/s of the whole run.
 
-    python benchmarks/complete_unlock_rates.py --data-dir ../shared/data --steps 80
+    python benchmarks/complete-unlock/complete_unlock_rates.py --data-dir ../shared/data --steps 80
 """
 
 import argparse

@@ -2,7 +2,7 @@
 inline limit (100 KiB: larger arrays go through the object store) and with the project's (INLINE_BYTES):
 the measurement behind `start_local_ray`'s setting. Each setting runs in its own local Ray.
 
-    python benchmarks/inline_threshold.py --reps 100
+    python benchmarks/diagnoses/inline_threshold.py --reps 100
 """
 
 import argparse

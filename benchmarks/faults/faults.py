@@ -1,11 +1,11 @@
 """Time lost to each fault, measured against the same dni run undisturbed, one after the other on this machine.
 
 Scenarios: a stage actor killed (`ray.kill(..., no_restart=False)`), a stage frozen (SIGSTOP, found by its
-unanswered pings after `--stall-timeout`), the node of a stage removed (benchmarks/node_loss.py, its own
+unanswered pings after `--stall-timeout`), the node of a stage removed (benchmarks/faults/node_loss.py, its own
 `Cluster`), and the driver killed (SIGKILL of `dni-pipeline train` and its local Ray, then `--resume`).
 Each fault strikes `--delay` seconds after the checkpoint of step `--fault-after` is written.
 
-Usage: python benchmarks/faults.py --out runs/faults [--dataset mnist --data-dir ../shared/data] [--epochs 2]
+Usage: python benchmarks/faults/faults.py --out runs/faults [--dataset mnist --data-dir ../shared/data] [--epochs 2]
 Writes faults.json and faults.md to --out.
 """
 

@@ -9,8 +9,8 @@ be before following it beats leaving stage 0 untrained (cosine 0, the SG-off abl
 initialisation) and report the cosine it reaches: how much of dL/dh the inputs (h, and the label
 for cDNI) can predict at all.
 
-    python benchmarks/sg_diagnosis.py oracle --data-dir ../shared/data --cosine 0 0.1 0.3 1
-    python benchmarks/sg_diagnosis.py fit --data-dir ../shared/data --mode cdni --sg-hidden '' --steps 700
+    python benchmarks/diagnoses/sg_diagnosis.py oracle --data-dir ../shared/data --cosine 0 0.1 0.3 1
+    python benchmarks/diagnoses/sg_diagnosis.py fit --data-dir ../shared/data --mode cdni --sg-hidden '' --steps 700
 """
 
 import argparse

@@ -2,7 +2,7 @@
 # The delayed mode's staleness treatments (none, recompute, lookahead) beside locked backprop at K = 2, equal steps,
 # on the bench MLP (one epoch), the character GPT (400 steps) and the residual CNN (300 steps): which one is the
 # default. Run folders under OUT/{mlp,gpt,resnet}/runs/ (not kept in git); table.md and summary.json beside them.
-# Usage: bash benchmarks/delayed_staleness.sh DATA_DIR OUT [MODELS]   (about 20 minutes on a quiet 2-core machine)
+# Usage: bash benchmarks/time-to-accuracy/delayed_staleness.sh DATA_DIR OUT [MODELS]   (about 20 minutes on a quiet 2-core machine)
 set -euo pipefail -f  # -f: no globbing of --arch fc1024*8
 data=${1:?data dir}
 out=${2:?output folder}
@@ -20,5 +20,5 @@ for model in $models; do
     dni-pipeline train ${flags[$model]} --data-dir "$data" --stages 2 "${extra[@]}" --out "$out/$model/runs/$run" --no-progress
   done
   [[ $model == gpt ]] && m=test_bits || m=test_accuracy
-  python benchmarks/run_table.py "$out/$model" --metric "$m"
+  python benchmarks/time-to-accuracy/run_table.py "$out/$model" --metric "$m"
 done

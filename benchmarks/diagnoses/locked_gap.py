@@ -7,7 +7,7 @@ neighbour). Beside them, each stage's work alone: its forwards and backwards of 
 and its Adam update, in this process on one thread, nothing sent. (The driver feeds a locked step while
 the one before runs, so there is no turn between steps left to measure.)
 
-    python benchmarks/locked_gap.py --data-dir ../shared/data --steps 60 --reps 2
+    python benchmarks/diagnoses/locked_gap.py --data-dir ../shared/data --steps 60 --reps 2
 """
 
 import argparse

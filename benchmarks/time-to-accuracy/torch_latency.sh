@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's time-to-accuracy table against PyTorch's own schedules at every link latency (their sends
 # delayed as the stage actors' are), with the zero-bubble schedule as a row: the bench MLP, then the
-# character GPT. Usage: bash benchmarks/torch_latency.sh DATA_DIR   (about 42 and 30 minutes on a quiet 2-core machine)
+# character GPT. Usage: bash benchmarks/time-to-accuracy/torch_latency.sh DATA_DIR   (about 42 and 30 minutes on a quiet 2-core machine)
 set -euo pipefail
 DATA=${1:?usage: torch_latency.sh DATA_DIR}
 dni-pipeline bench --modes single,torch-gpipe,torch-1f1b,torch-zb,backprop,gpipe,1f1b,cdni,dgl --stages 2 \

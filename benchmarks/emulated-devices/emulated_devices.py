@@ -1,7 +1,7 @@
 """Emulated devices (`--model emulated`): measure what to emulate, and report the sweep over K.
 
-    python benchmarks/emulated_devices.py measure --data-dir ../shared/data --out benchmarks/configs
-    python benchmarks/emulated_devices.py report benchmarks/results/emulated-devices
+    python benchmarks/emulated-devices/emulated_devices.py measure --data-dir ../shared/data --out benchmarks/configs
+    python benchmarks/emulated-devices/emulated_devices.py report benchmarks/results/emulated-devices
 
 `measure` times each stage of the bench's MLP (fc1024*8, K = 2, batch 256) alone, in this process on one
 thread as a stage actor runs it: its forward and its backward (with its Adam step) on the whole batch,
@@ -279,7 +279,7 @@ def main() -> None:
     every_stage = {**measured, "forward_ms": mean(measured["forward_ms"]), "backward_ms": mean(measured["backward_ms"])}
     header = ("# The emulated model of the bench MLP (fc1024*8, K = 2, batch 256): each stage's forward and backward\n"
               "# (with its Adam step), the cDNI SG's and DGL's head's calls, as measured alone on one thread by\n"
-              "# `python benchmarks/emulated_devices.py measure`")
+              "# `python benchmarks/emulated-devices/emulated_devices.py measure`")
     out = Path(args.out)
     for name, options, note in (("emulated-mlp-k2.yaml", measured, ", stage by stage (K = 2 only).\n"),
                                 ("emulated-mlp.yaml", every_stage, "; every stage the mean of K = 2's two (any K).\n")):

@@ -6,7 +6,7 @@
 - the aims: each corrected SG mode at or above the delayed mode at equal steps; the fastest unlocked mode's
   seconds to the target against the best locked mode's and dgl's at each latency; cdni's distance from backprop.
 
-Usage: python benchmarks/sg_line.py BENCH_FOLDER [--warm-up STEPS] [--ablation FOLDER] [--tolerance T];
+Usage: python benchmarks/synthetic-gradients/sg_line.py BENCH_FOLDER [--warm-up STEPS] [--ablation FOLDER] [--tolerance T];
 writes BENCH_FOLDER/sg_line.md too. `--ablation` reads the SG-off rows from another bench of the same model and
 data when this one has none (an SG-off run computes the same whatever runs beside it).
 """
