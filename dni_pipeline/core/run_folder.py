@@ -12,6 +12,7 @@ from pathlib import Path
 from .configs import from_dict
 from .errors import UserError
 from .files import atomic_path, write_json_atomic
+from .provenance import provenance
 
 __all__ = ["RunFolder"]
 
@@ -22,6 +23,7 @@ class RunFolder:
 
     CONFIG = "config.json"
     SUMMARY = "summary.json"
+    PROVENANCE = "provenance.json"
     METRICS = "metrics.jsonl"
     CHECKPOINT = "checkpoint.pt"
     MANIFEST = "checkpoint.json"
@@ -87,7 +89,9 @@ class RunFolder:
             raise UserError(f"{self.file(self.CONFIG)} cannot be read as a run config ({exc}): check the run folder") from None
 
     def write_summary(self, summary: dict) -> None:
+        """summary.json, and beside it provenance.json: the commit, tree state, command and host it came from."""
         self.write_json(self.SUMMARY, summary)
+        self.write_json(self.PROVENANCE, provenance())
 
     def read_summary(self) -> dict:
         return json.loads(self.file(self.SUMMARY).read_text())

@@ -18,3 +18,15 @@ def test_outside_a_git_checkout_there_is_no_commit(monkeypatch, tmp_path):
     record = prov.provenance()
     assert record["commit"] is None and record["dirty"] is None
     assert prov.provenance_line(record).startswith("Provenance: no git commit;")
+
+
+def test_every_run_folder_summary_has_its_provenance_beside_it(tmp_path):
+    import json
+
+    from dni_pipeline.core.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run").create()
+    folder.write_summary({"test_mrr": 0.5})
+    record = json.loads(folder.file("provenance.json").read_text())
+    assert json.loads(folder.file("summary.json").read_text()) == {"test_mrr": 0.5}
+    assert set(record) >= {"commit", "dirty", "command", "torch", "ray", "cpus", "load_average"}
