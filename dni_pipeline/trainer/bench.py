@@ -60,6 +60,7 @@ class BenchConfig:
     target_bits: float | None = None  # a language model's target instead: test bits per token at most this
     tta_epochs: int = 3  # time-to-accuracy runs stop here if the target is not reached
     tta_steps: int = 0  # ... or after this many steps, if set
+    tta_reps: int = 1  # time-to-target runs per cell, interleaved: the table gives their median and range
     eval_every: int = 25
     sg_off_rows: bool = False  # an SG-off ablation row beside every SG mode
     delay: int | None = None  # the delayed rows' delay (None: K - 1 - k) and staleness treatment
@@ -85,8 +86,9 @@ class BenchConfig:
             if rule and base not in SG_MODES:
                 raise UserError(f"bench mode '{mode}': a +RULE row names an SG mode's update rule: use dni+{rule} or "
                                 f"cdni+{rule}")
-        if self.reps < 1 or self.steps < 1 or self.eval_every < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
-            raise UserError("--reps, --steps and --eval-every must be at least 1, --tta-epochs and --tta-steps at least 0")
+        if min(self.reps, self.steps, self.eval_every, self.tta_reps) < 1 or self.tta_epochs < 0 or self.tta_steps < 0:
+            raise UserError("--reps, --steps, --eval-every and --tta-reps must be at least 1, --tta-epochs and --tta-steps "
+                            "at least 0")
         self.target_config().validate(self.own_model)
         if not self.latencies or any(x < 0 for x in self.latencies):
             raise UserError("--link-latency-ms needs one or more values of 0 ms or more, e.g. 0,20")
@@ -154,23 +156,33 @@ def _throughput_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, N
     return runs
 
 
-def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> dict[tuple, TrainResult]:
-    results = {}
-    for latency in bench.latencies:
-        for k in bench.stages:
-            for label in filter(lambda r: bench.runs_at(r, latency), bench.rows()):
-                cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
-                log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
-                try:
-                    result = _run(bench, cfg, label, data, networks[k])
-                except JobFailed as exc:  # a row that diverges is a result too; the others still run
-                    log.warning("  %s failed: %s", label, exc)
-                    result = TrainResult({"time_to_target_seconds": None,
-                                          "failed": next(iter(str(exc).splitlines()), type(exc).__name__)})
-                results[(latency, k, label)] = result
-                log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
-                         else _final(result.summary, bench))
+def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> dict[tuple, list]:
+    """Every (latency, K, row) once per repetition, repetitions outermost, as the throughput runs."""
+    results: dict[tuple, list[TrainResult]] = defaultdict(list)
+    for latency, k, label in [(x, k, r) for _ in range(bench.tta_reps) for x in bench.latencies for k in bench.stages
+                              for r in bench.rows() if bench.runs_at(r, x)]:
+        cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
+        log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
+        try:
+            result = _run(bench, cfg, label, data, networks[k])
+        except JobFailed as exc:  # a row that diverges is a result too; the others still run
+            log.warning("  %s failed: %s", label, exc)
+            result = TrainResult({"time_to_target_seconds": None,
+                                  "failed": next(iter(str(exc).splitlines()), type(exc).__name__)})
+        results[(latency, k, label)].append(result)
+        log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
+                 else _final(result.summary, bench))
     return results
+
+
+def time_spread(seconds: list[float | None]) -> dict:
+    """Median, min and max of a cell's times to the target over its repetitions; a repetition that missed the
+    target counts as never, so the median is None (not reached) when most of them missed."""
+    never = float("inf")
+    values = [never if t is None else t for t in seconds]
+    known = lambda v: None if v == never else round(v, 3)  # noqa: E731
+    return {"median": known(statistics.median(values)), "min": known(min(values)), "max": known(max(values)),
+            "values": seconds}
 
 
 def check_networks(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> None:
@@ -233,17 +245,19 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
                 },
             }
             if tta:
-                by_latency = {f"{x:g}": tta[(x, k, label)].summary for x in bench.latencies if bench.runs_at(label, x)}
+                cells = {f"{x:g}": tta[(x, k, label)] for x in bench.latencies if bench.runs_at(label, x)}
+                spread = {x: time_spread([r.summary["time_to_target_seconds"] for r in runs]) for x, runs in cells.items()}
+                by_latency = {x: runs[0].summary for x, runs in cells.items()}  # the first repetition's curve and end
                 entry.update(target=bench.target_config().target_text(), target_accuracy=bench.target_accuracy,
                              final_test_bits_by_latency={x: s.get("test_bits") for x, s in by_latency.items()},
-                             final_by_latency={x: _final(s, bench) for x, s in by_latency.items()
-                                               if not s["time_to_target_seconds"]},
-                             time_to_accuracy_seconds=by_latency[f"{base_latency:g}"]["time_to_target_seconds"],
-                             time_to_accuracy_by_latency={x: s["time_to_target_seconds"] for x, s in by_latency.items()},
+                             final_by_latency={x: _final(next(r.summary for r in runs if not r.summary["time_to_target_seconds"]),
+                                                         bench) for x, runs in cells.items() if spread[x]["median"] is None},
+                             time_to_accuracy_seconds=spread[f"{base_latency:g}"]["median"],
+                             time_to_accuracy_by_latency={x: v["median"] for x, v in spread.items()},
+                             time_to_accuracy_spread_by_latency=spread,
                              final_test_accuracy_by_latency={x: s.get("test_accuracy") for x, s in by_latency.items()},
                              final_test_accuracy=by_latency[f"{base_latency:g}"].get("test_accuracy"),
-                             curve_by_latency={f"{x:g}": _curve(tta[(x, k, label)]) for x in bench.latencies
-                                               if bench.runs_at(label, x)})
+                             curve_by_latency={x: _curve(runs[0]) for x, runs in cells.items()})
             entries.append(entry)
     _add_ratios(entries)
     folder.write_json("bench.json", entries)
@@ -287,9 +301,9 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
         row += [f"{by_latency[x]['median'] / rate['median']:.0%}" if x in by_latency else "-" for x in latencies[1:]]
         if bench.tta_epochs:
             for x in latencies:
-                seconds = e["time_to_accuracy_by_latency"].get(x)
-                row.append("-" if x not in e["time_to_accuracy_by_latency"] else f"{seconds:.1f}" if seconds
-                           else e["final_by_latency"][x])
+                spread = e["time_to_accuracy_spread_by_latency"].get(x)
+                row.append("-" if spread is None else e["final_by_latency"][x] if spread["median"] is None
+                           else f"{spread['median']:.1f}" if bench.tta_reps == 1 else _time_range(spread))
         lines.append("| " + " | ".join(row) + " |")
     cfg = bench.base
     model = f"model {cfg.model}{f' {cfg.model_options}' if cfg.model_options else ''}" if cfg.model else f"arch {cfg.arch}"
@@ -298,7 +312,7 @@ def bench_table(entries: list[dict], bench: BenchConfig) -> str:
               f"batch {cfg.batch_size}, M = {cfg.micro_batches} micro-batches "
               f"(gpipe, 1f1b and torch's), {cfg.cpus_per_stage:g} CPU per stage on {cfg.device} (single: all "
               f"of them in one process), SG updates {cfg.resolved_sg_update()}, {bench.steps} steps x {bench.reps} interleaved "
-              f"repetitions per throughput cell; time to accuracy: one run per cell, evaluated every "
+              f"repetitions per throughput cell; time to accuracy: {_runs_per_cell(bench.tta_reps)}, evaluated every "
               f"{bench.eval_every} steps, at most {bench.tta_steps or bench.tta_epochs} "
               f"{'steps' if bench.tta_steps else 'epochs'}."]
     return "\n".join(lines) + "\n"
@@ -317,6 +331,16 @@ def _final(summary: dict, bench: BenchConfig) -> str:
     if bench.target_bits:
         return f"not reached ({summary['test_bits']:.3f} bits)"
     return f"not reached ({100 * summary['test_accuracy']:.2f}%)"
+
+
+def _runs_per_cell(reps: int) -> str:
+    return "one run per cell" if reps == 1 else f"{reps} interleaved runs per cell (median [min, max])"
+
+
+def _time_range(spread: dict) -> str:
+    """A cell's median time with its range over repetitions ("never" for a repetition that missed)."""
+    form = lambda v: "never" if v is None else f"{v:.1f}"  # noqa: E731
+    return f"{form(spread['median'])} [{form(spread['min'])}, {form(spread['max'])}]"
 
 
 def _joined(values: list[float] | None, form: str) -> str:
@@ -339,7 +363,7 @@ def _plots(bench, entries, throughput, tta, folder: RunFolder) -> None:
     if len(bench.latencies) > 1:
         plot_latency(folder.file("latency.png"), entries, bench.latencies)
     if tta:
-        at_base = {(k, label): r for (x, k, label), r in tta.items() if x == bench.latencies[0]}
+        at_base = {(k, label): runs[0] for (x, k, label), runs in tta.items() if x == bench.latencies[0]}
         plot_accuracy_vs_time(folder.file("accuracy_vs_time.png"), at_base, bench.target_bits or bench.target_accuracy)
         plot_time_to_accuracy(folder.file("time_to_accuracy.png"), entries, bench.latencies,
                               bench.target_config().target_text())

@@ -216,6 +216,8 @@ def _add_bench_command(commands) -> None:
                        help="epochs after which a time-to-accuracy run gives up; 0 skips those runs (default 3)")
     bench.add_argument("--tta-steps", type=int, default=0,
                        help="steps after which a time-to-accuracy run gives up, if sooner than --tta-epochs (default 0: no cap)")
+    bench.add_argument("--tta-reps", type=int, default=1,
+                       help="time-to-accuracy runs per cell, interleaved; the table gives their median and range (default 1)")
     bench.add_argument("--eval-every", type=int, default=25,
                        help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
     add_common_flags(bench)
@@ -266,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench = BenchConfig(base, modes=args.modes, stages=args.stages, reps=args.reps,
                         steps=args.steps, latencies=args.link_latency_ms, target_accuracy=args.target_accuracy,
                         tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows,
-                        target_bits=args.target_bits, tta_steps=args.tta_steps, delay=args.delay,
+                        target_bits=args.target_bits, tta_steps=args.tta_steps, tta_reps=args.tta_reps, delay=args.delay,
                         staleness=args.staleness).validate()
     folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):

@@ -8,7 +8,7 @@ import user_models
 import dni_pipeline
 from dni_pipeline.cli import main
 from dni_pipeline.core.errors import UserError
-from dni_pipeline.trainer.bench import BenchConfig, _add_ratios
+from dni_pipeline.trainer.bench import BenchConfig, _add_ratios, _time_range, time_spread
 from dni_pipeline.trainer.config import TrainConfig
 from dni_pipeline.trainer.report import bubble_formula
 
@@ -22,6 +22,13 @@ def test_bubble_formula():
     assert bubble_formula(TrainConfig(mode="dni", stages=3)) == 0.0
 
 
+def test_a_cell_repeated_gives_the_median_time_and_its_range_and_a_majority_that_missed_is_never():
+    assert time_spread([30.0, 20.0, 25.0]) == {"median": 25.0, "min": 20.0, "max": 30.0, "values": [30.0, 20.0, 25.0]}
+    assert time_spread([20.0, None, 25.0])["median"] == 25.0 and time_spread([20.0, None, 25.0])["max"] is None
+    assert time_spread([None, None, 25.0])["median"] is None
+    assert _time_range(time_spread([20.0, None, 25.0])) == "25.0 [20.0, never]"
+
+
 def test_ratios_are_against_the_same_stage_count():
     entries = [{"mode": m, "stages": k, "samples_per_sec": {"median": v}}
                for m, k, v in [("backprop", 2, 100.0), ("gpipe", 2, 150.0), ("dni", 2, 180.0), ("dni", 3, 240.0)]]
@@ -33,7 +40,7 @@ def test_ratios_are_against_the_same_stage_count():
 def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "--modes", "backprop,dni,single,cdni+si", "--sg-off-rows", "--stages", "2", "--reps", "2", "--steps", "8",
-            "--link-latency-ms", "0,5", "--target-accuracy", "0.3", "--tta-epochs", "1", "--eval-every", "4",
+            "--link-latency-ms", "0,5", "--target-accuracy", "0.3", "--tta-epochs", "1", "--tta-reps", "2", "--eval-every", "4",
             *TINY, "--out", str(out)]
     assert main(argv) == 0
     entries = json.loads((out / "bench.json").read_text())
@@ -46,6 +53,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
         assert len(e["stage_utilization"]) == 2 and len(e["transport_fraction"]) == 2
         assert len(e["stage_update_rate"]) == 2 and min(e["stage_update_rate"]) > 0
         assert set(e["samples_per_sec_by_latency"]) == set(e["time_to_accuracy_by_latency"]) == {"0", "5"}
+        assert all(len(v["values"]) == 2 for v in e["time_to_accuracy_spread_by_latency"].values())
     single = entries[3]  # one process: no stages to measure, and no link to delay
     assert single["stage_utilization"] is None and set(single["time_to_accuracy_by_latency"]) == {"0"}
     assert entries[0]["bubble_formula"] == pytest.approx(0.5) and entries[0]["vs_backprop"] == 1.0
@@ -56,7 +64,7 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     assert table.rstrip().endswith(f"load average {record['load_average'][0]:g} at the start.")
     assert record["config"]["base"]["sg_update"] == "gated" and record["config"]["modes"][0] == "backprop"
     assert 0 < record["host_cpu_busy"] <= 1 and len(record["commit"]) == 40
-    assert "s to 30% test accuracy at 5 ms" in table
+    assert "s to 30% test accuracy at 5 ms" in table and "2 interleaved runs per cell (median [min, max])" in table
     for name in ("throughput.png", "timeline_backprop_K2.png", "timeline_dni_K2.png", "timeline_dni_sg-off_K2.png",
                  "latency.png", "accuracy_vs_time.png", "time_to_accuracy.png", "sg_cosine.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
@@ -71,7 +79,8 @@ def test_bench_writes_json_markdown_and_plots(ray_session, tmp_path):
     (["--stages", "2,5"], "--stages 5 is more than the 2 hidden layers and the head"),
     (["--link-latency-ms", "-1"], "--link-latency-ms needs"),
     (["--modes", "backprop+si"], "--synthetic-inputs needs synthetic gradients"),
-    (["--reps", "0"], "--reps, --steps and --eval-every must be at least 1"),
+    (["--reps", "0"], "--reps, --steps, --eval-every and --tta-reps must be at least 1"),
+    (["--tta-reps", "0"], "--reps, --steps, --eval-every and --tta-reps must be at least 1"),
     (["--modes", "torch-gpipe", "--micro-batches", "5"], "is not a multiple of --micro-batches 5"),
     (["--modes", "torch-zb", "--model", "user_models:two_stages"], "torch-zb holds two stages per process: the model "
                                                                    "cannot be cut into 4 stages"),
