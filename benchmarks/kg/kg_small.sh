@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The plain `kg train` command (tuned presets) on every shipped benchmark, then a table from the runs'
 # summary.json files: filtered test MRR / Hits (realistic ties), the random floor, Countries AUC-PR.
-# Usage: benchmarks/kg_small.sh OUT_DIR [MODEL]
+# Usage: benchmarks/kg/kg_small.sh OUT_DIR [MODEL]
 set -euo pipefail
 out=${1:?output folder}
 model=${2:-complex}

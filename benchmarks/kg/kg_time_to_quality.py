@@ -6,7 +6,7 @@ and test MRR are measured with the clock stopped. The curves go to `curves.jsonl
 gives, per variant, the best validation MRR (what presets are chosen on), the seconds of training to
 each `--targets` test MRR, and the test MRR at the best validation point.
 
-Usage: python benchmarks/kg_time_to_quality.py --data-dir ../shared/data --dataset wn18rr \
+Usage: python benchmarks/kg/kg_time_to_quality.py --data-dir ../shared/data --dataset wn18rr \
            --variant preset: --variant adam:optimizer=adam,lr=0.01 --minutes 5 --out runs/kg-ttq
 """
 

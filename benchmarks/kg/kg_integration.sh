@@ -4,9 +4,9 @@
 # a `kg align` run found, and merged through the reference alignment (the ceiling). ComplEx (the large benchmarks'
 # preset: rank 200, batches of 1000, N3 0.05, bf16 score matrices, best epoch on validation MRR) trains EPOCHS
 # epochs on each (the merged graphs take 2.5x graph 1's time per epoch); MINUTES > 0 stops a run at its first
-# validation past that much training. kg_integration_table.py writes OUT/table.md and OUT/summary.json of the
+# validation past that much training. kg_tables.py writes OUT/table.md and OUT/summary.json of the
 # filtered test MRR and Hits. A run whose summary.json exists is kept, so a stopped table resumes.
-# Usage: bash benchmarks/kg_integration.sh DATA_DIR [PAIR] [EPOCHS] [MINUTES]   (the alignment read is
+# Usage: bash benchmarks/kg/kg_integration.sh DATA_DIR [PAIR] [EPOCHS] [MINUTES]   (the alignment read is
 # benchmarks/results/kg-align/PAIR/runs/dual-amn, made by kg_align.sh; on 2 CPU cores about 12 + 2 x 30 minutes)
 set -euo pipefail
 DATA=${1:?usage: kg_integration.sh DATA_DIR [PAIR] [EPOCHS] [MINUTES]}
@@ -16,7 +16,7 @@ MINUTES=${4:-0}
 ALIGNED=benchmarks/results/kg-align/$PAIR/runs/dual-amn
 OUT=benchmarks/results/kg-align/$PAIR/integration
 SETS=$OUT/runs/datasets
-[ -f "$ALIGNED/alignments.tsv" ] || { echo "no alignment run at $ALIGNED: run bash benchmarks/kg_align.sh $DATA $PAIR dual-amn" >&2; exit 2; }
+[ -f "$ALIGNED/alignments.tsv" ] || { echo "no alignment run at $ALIGNED: run bash benchmarks/kg/kg_align.sh $DATA $PAIR dual-amn" >&2; exit 2; }
 for graph in alone found reference; do
   case $graph in alone) alignment=none ;; found) alignment=$ALIGNED ;; reference) alignment=reference ;; esac
   [ -f "$SETS/$graph/train.txt" ] ||
@@ -29,4 +29,4 @@ for graph in alone found reference; do
     --init-scale 0.3 --precision bf16 --eval-every 1 --patience 3 --epochs "$EPOCHS" --time-budget "$MINUTES" \
     --num-cpus 2 --out "$OUT/runs/$graph" | tail -n 4
 done
-python benchmarks/kg_integration_table.py "$OUT"
+python benchmarks/kg/kg_tables.py integration "$OUT"

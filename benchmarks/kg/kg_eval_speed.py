@@ -3,7 +3,7 @@
 Both directions (reciprocal queries), realistic ranks, filtering through the CSR index, counting
 instead of sorting: this times `kg.evaluate.evaluate` and, interleaved with it, only the score
 matrices q @ E^T of the same query batches. The ratio is the overhead of the protocol.
-Usage: python benchmarks/kg_eval_speed.py --data-dir ../shared/data [--dataset fb15k237] [--run RUN]
+Usage: python benchmarks/kg/kg_eval_speed.py --data-dir ../shared/data [--dataset fb15k237] [--run RUN]
 """
 
 import argparse

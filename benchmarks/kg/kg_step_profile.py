@@ -5,7 +5,7 @@ Times one score-matrix product (batch x width x entities) in float32 and in bflo
 (d = 200, batch 1000, init 0.3, N3 0.1, Adagrad, bf16) and prints the seconds a step and the share of
 the largest operators.
 
-Usage: python benchmarks/kg_step_profile.py --data-dir ../shared/data [--dataset wn18rr] [--threads 1]
+Usage: python benchmarks/kg/kg_step_profile.py --data-dir ../shared/data [--dataset wn18rr] [--threads 1]
 """
 
 import argparse

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 34's alignment table: each alignment model on a DBP15K pair (30% seeds, split seed 0), one `kg align` run each
-# into OUT/runs/ (outside git: checkpoints and alignments.tsv are large), then kg_align_table.py writes OUT/table.md
+# into OUT/runs/ (outside git: checkpoints and alignments.tsv are large), then kg_tables.py align writes OUT/table.md
 # and OUT/summary.json from their summary.json files.
-# Usage: bash benchmarks/kg_align.sh DATA_DIR [PAIR] [MODELS]   (PAIR default zh_en; MODELS default
+# Usage: bash benchmarks/kg/kg_align.sh DATA_DIR [PAIR] [MODELS]   (PAIR default zh_en; MODELS default
 # "mtranse gcn-align dual-amn dual-amn-boot"; on 2 CPU cores about 5, 10, 10 and 20 minutes)
 set -euo pipefail
 DATA=${1:?usage: kg_align.sh DATA_DIR [PAIR] [MODELS]}
@@ -19,4 +19,4 @@ for name in $MODELS; do
   rm -rf "$OUT/runs/$name"
   dni-pipeline kg align --dataset "dbp15k/$PAIR" --data-dir "$DATA" "${args[@]}" --num-cpus 2 --out "$OUT/runs/$name"
 done
-python benchmarks/kg_align_table.py "$OUT"
+python benchmarks/kg/kg_tables.py align "$OUT"
