@@ -31,7 +31,9 @@ def _version(package: str) -> str | None:
 def provenance() -> dict:
     """The commit (None outside a git checkout), the files changed against it, the command line, the versions of
     Python, torch and Ray, and the host's CPUs and load average now."""
-    commit = _git("rev-parse", "HEAD")
+    # Only this checkout's own repository: an installed copy inside some other repository has no commit of ours.
+    inside = _git("rev-parse", "--show-toplevel") == str(_ROOT)
+    commit = _git("rev-parse", "HEAD") if inside else None
     changed = (_git("status", "--porcelain") or "").splitlines() if commit else []
     return {"commit": commit, "dirty": bool(changed) if commit else None, "changed_files": [c[3:] for c in changed],
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "python": platform.python_version(),

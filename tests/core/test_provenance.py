@@ -30,3 +30,12 @@ def test_every_run_folder_summary_has_its_provenance_beside_it(tmp_path):
     record = json.loads(folder.file("provenance.json").read_text())
     assert json.loads(folder.file("summary.json").read_text()) == {"test_mrr": 0.5}
     assert set(record) >= {"commit", "dirty", "command", "torch", "ray", "cpus", "load_average"}
+
+
+def test_an_install_inside_another_repository_has_no_commit(monkeypatch, tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.setattr(prov, "_ROOT", tmp_path / "site-packages")
+    (tmp_path / "site-packages").mkdir()
+    assert prov.provenance()["commit"] is None
