@@ -18,6 +18,7 @@ from dni_pipeline.core.ray_session import connect_ray
 from dni_pipeline.core.run_folder import RunFolder
 
 from .bench import BenchConfig, check_networks, run_bench
+from .bench_journal import bench_folder
 from .config import TrainConfig, build_config
 from .data import place_data
 from .driver import check_capacity
@@ -96,14 +97,15 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
           synthetic_input: Callable | None = None, sg_off_rows: bool = False,
           reps: int = 3, steps: int = 60, latencies: Sequence[float] = (0.0, 20.0), target_accuracy: float = 0.97,
           target_bits: float | None = None, tta_epochs: int = 3, tta_steps: int = 0, tta_reps: int = 1, eval_every: int = 25,
-          address: str | None = None, progress: bool = True, **options) -> list[dict]:
+          resume: bool = False, address: str | None = None, progress: bool = True, **options) -> list[dict]:
     """`dni-pipeline bench` on your model: the `modes` (and the peers single, torch-gpipe, torch-1f1b, torch-zb) side
     by side at every stage count and latency, into the folder `out` (bench.json, bench.md, plots).
 
     Each of the command's flags is an argument here: `reps` throughput runs of `steps` steps per row and latency,
     then one time-to-target run per row and latency until `target_accuracy` (or, for a language model,
     `target_bits`: test bits per token at most this), `tta_epochs` or `tta_steps` (0: no step limit), `tta_reps`
-    times per cell, interleaved (the table gives their median and range).
+    times per cell, interleaved (the table gives their median and range). With `resume`, an unfinished bench in
+    `out` continues: the runs its journal holds are not run again (the same arguments, else a UserError).
     Other arguments as for `train`; `split` applies when `stages` has one count."""
     if split is not None and len(stages) > 1:
         raise UserError("a split fits one stage count: give one value in stages, or drop split")
@@ -113,7 +115,7 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
                          target_accuracy=target_accuracy, target_bits=target_bits, tta_epochs=tta_epochs,
                          tta_steps=tta_steps, tta_reps=tta_reps, eval_every=eval_every,
                          sg_off_rows=sg_off_rows, own_model=True, **delayed).validate()
-    folder = RunFolder(out)
+    folder = bench_folder(out, config.resolved(), resume)
     local_models = {"synthetic_gradient": synthetic_gradient, "aux_head": aux_head, "synthetic_input": synthetic_input}
     networks = {k: _network(model, k, split, base.seed, loss, metrics, local_models) for k in stages}
     with connect_ray(base.address, max(stages) * base.cpus_per_stage):
@@ -124,4 +126,4 @@ def bench(model, data, *, out: str, modes: Sequence[str] = ("backprop", "gpipe",
             network.prepare(placed, "backprop")
         check_networks(config, placed, networks)
         folder.create()
-        return run_bench(config, placed, folder, progress=progress, network_for=networks.get)
+        return run_bench(config, placed, folder, progress=progress, network_for=networks.get, resume=resume)

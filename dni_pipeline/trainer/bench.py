@@ -21,6 +21,7 @@ from dni_pipeline.core.host import CpuBusy
 from dni_pipeline.core.provenance import provenance, provenance_line
 from dni_pipeline.core.run_folder import RunFolder
 
+from .bench_journal import BenchJournal
 from .config import TrainConfig
 from .data import PlacedData, place_data
 from .model import Network
@@ -94,6 +95,11 @@ class BenchConfig:
             raise UserError("--link-latency-ms needs one or more values of 0 ms or more, e.g. 0,20")
         return self
 
+    def resolved(self) -> dict:
+        """Every setting, the SG update rule resolved (provenance.json; a resumed bench must match it)."""
+        return {**dataclasses.asdict(self), "base": {**dataclasses.asdict(self.base),
+                                                     "sg_update": self.base.resolved_sg_update()}}
+
     def rows(self) -> list[str]:
         """Row labels in order: each mode, followed by its SG-off ablation where asked for."""
         return [label for mode in self.modes
@@ -139,28 +145,38 @@ def _median_per_stage(rows: list[list[float] | None]) -> list[float] | None:
     return None if rows[0] is None else [round(statistics.median(col), 4) for col in zip(*rows)]
 
 
-def _throughput_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network], progress: bool):
-    """Every (latency, K, row) once per repetition, repetitions outermost."""
+def _throughput_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network], progress: bool,
+                     journal: BenchJournal):
+    """Every (latency, K, row) once per repetition, repetitions outermost; a run the journal holds is not rerun."""
     runs: dict[tuple, list[TrainResult]] = defaultdict(list)
     grid = [(x, k, r) for x in bench.latencies for k in bench.stages for r in bench.rows() if bench.runs_at(r, x)]
     with tqdm(total=bench.reps * len(grid), unit="run", desc="throughput", disable=not progress) as bar:
-        for _ in range(bench.reps):
+        for rep in range(bench.reps):
             for latency, k, label in grid:
-                cfg = dataclasses.replace(bench.base, stages=k, link_latency_ms=latency, max_steps=bench.steps,
-                                          eval_every=bench.steps, sg_probe_every=0, target_accuracy=None,
-                                          target_bits=None)
-                result = _run(bench, cfg, label, data, networks[k])
+                result = journal.get("throughput", rep, latency, k, label)
+                if result is None:
+                    cfg = dataclasses.replace(bench.base, stages=k, link_latency_ms=latency, max_steps=bench.steps,
+                                              eval_every=bench.steps, sg_probe_every=0, target_accuracy=None,
+                                              target_bits=None)
+                    result = _run(bench, cfg, label, data, networks[k])
+                    journal.add("throughput", rep, latency, k, label, result,
+                                keep_events=rep == 0 and latency == bench.latencies[0])  # the timelines' runs
                 runs[(latency, k, label)].append(result)
                 bar.set_postfix(last=f"{label} K={k} {latency:g}ms {result.summary['samples_per_sec']:.0f}/s")
                 bar.update()
     return runs
 
 
-def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network]) -> dict[tuple, list]:
+def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[int, Network],
+                           journal: BenchJournal) -> dict[tuple, list]:
     """Every (latency, K, row) once per repetition, repetitions outermost, as the throughput runs."""
     results: dict[tuple, list[TrainResult]] = defaultdict(list)
-    for latency, k, label in [(x, k, r) for _ in range(bench.tta_reps) for x in bench.latencies for k in bench.stages
-                              for r in bench.rows() if bench.runs_at(r, x)]:
+    for rep, latency, k, label in [(i, x, k, r) for i in range(bench.tta_reps) for x in bench.latencies
+                                   for k in bench.stages for r in bench.rows() if bench.runs_at(r, x)]:
+        result = journal.get("tta", rep, latency, k, label)
+        if result is not None:
+            results[(latency, k, label)].append(result)
+            continue
         cfg = dataclasses.replace(bench.target_config(), stages=k, link_latency_ms=latency)
         log.info("time to %s: %s with %d stages at %g ms", cfg.target_text(), label, k, latency)
         try:
@@ -169,6 +185,7 @@ def _time_to_accuracy_runs(bench: BenchConfig, data: PlacedData, networks: dict[
             log.warning("  %s failed: %s", label, exc)
             result = TrainResult({"time_to_target_seconds": None,
                                   "failed": next(iter(str(exc).splitlines()), type(exc).__name__)})
+        journal.add("tta", rep, latency, k, label, result, keep_events=False)
         results[(latency, k, label)].append(result)
         log.info("  %s", f"{result.summary['time_to_target_seconds']} s" if result.summary["time_to_target_seconds"]
                  else _final(result.summary, bench))
@@ -196,19 +213,22 @@ def check_networks(bench: BenchConfig, data: PlacedData, networks: dict[int, Net
         peer_network(dataclasses.replace(bench.base, stages=k), "torch-zb", data, networks[k])
 
 
-def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True, network_for=None) -> list[dict]:
+def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True, network_for=None,
+              resume: bool = False) -> list[dict]:
     """Run everything, write bench.json, bench.md, provenance.json (commit, command, resolved config, host load)
-    and the plots into `folder`; return the entries.
+    and the plots into `folder`; return the entries. Each run is journalled as it finishes (cells.jsonl);
+    with `resume`, the runs the folder's journal holds are taken from it (the same config, else a UserError).
     `network_for(K)` gives the model cut into K stages (default: the one the base config names)."""
     data = place_data(data)
     network_for = network_for or (lambda k: network_from_config(dataclasses.replace(bench.base, stages=k), data))
     networks = {k: network_for(k) for k in bench.stages}
     record = provenance()
+    config = bench.resolved()
+    journal = BenchJournal(folder, config, resume)
     with CpuBusy() as host:
-        throughput = _throughput_runs(bench, data, networks, progress)
-        tta = _time_to_accuracy_runs(bench, data, networks) if bench.tta_epochs else {}
-    record.update(host_cpu_busy=host.share, config={
-        **dataclasses.asdict(bench), "base": {**dataclasses.asdict(bench.base), "sg_update": bench.base.resolved_sg_update()}})
+        throughput = _throughput_runs(bench, data, networks, progress, journal)
+        tta = _time_to_accuracy_runs(bench, data, networks, journal) if bench.tta_epochs else {}
+    record.update(host_cpu_busy=host.share, resumed_runs=len(journal.done), config=config)
     base_latency = bench.latencies[0]
     entries = []
     for k in bench.stages:

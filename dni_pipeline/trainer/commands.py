@@ -11,6 +11,7 @@ from dni_pipeline.core.run_folder import RunFolder
 from dni_pipeline.core.settings import DATA_DIR_ENV
 
 from .bench import BenchConfig, check_networks, run_bench
+from .bench_journal import bench_folder
 from .config import DEFAULT_SG_HIDDEN, TrainConfig, build_config
 from .data import data_from_config, place_data
 from .delayed import STALENESS
@@ -218,6 +219,9 @@ def _add_bench_command(commands) -> None:
                        help="steps after which a time-to-accuracy run gives up, if sooner than --tta-epochs (default 0: no cap)")
     bench.add_argument("--tta-reps", type=int, default=1,
                        help="time-to-accuracy runs per cell, interleaved; the table gives their median and range (default 1)")
+    bench.add_argument("--resume", action="store_true", help=(
+        "continue the unfinished bench in --out: the runs its journal (cells.jsonl) holds are not run again; give "
+        "the flags it ran with (--data-dir and --address may differ, and the folder may have moved)"))
     bench.add_argument("--eval-every", type=int, default=25,
                        help="steps between evaluations and SG probes in time-to-accuracy runs (default 25)")
     add_common_flags(bench)
@@ -270,7 +274,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
                         tta_epochs=args.tta_epochs, eval_every=args.eval_every, sg_off_rows=args.sg_off_rows,
                         target_bits=args.target_bits, tta_steps=args.tta_steps, tta_reps=args.tta_reps, delay=args.delay,
                         staleness=args.staleness).validate()
-    folder = RunFolder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume and not args.out:
+        raise UserError("--resume continues the bench in --out: give --out, the folder of the bench to continue")
+    folder = bench_folder(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}", bench.resolved(),
+                          args.resume)
     with connect_ray(bench.base.address, max(bench.stages) * bench.base.cpus_per_stage):
         for k in bench.stages:
             check_capacity(dataclasses.replace(bench.base, stages=k))
@@ -281,6 +288,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
             networks[k].prepare(data, "backprop")
         check_networks(bench, data, networks)
         folder.create()
-        run_bench(bench, data, folder, progress=not args.no_progress, network_for=networks.get)
+        run_bench(bench, data, folder, progress=not args.no_progress, network_for=networks.get, resume=args.resume)
     print(folder.file("bench.md").read_text())
     print(f"results in {folder.path}/")

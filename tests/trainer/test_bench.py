@@ -91,6 +91,41 @@ def test_bench_bad_input(tmp_path, capsys, extra, message):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_bench_resumes_only_what_it_can_continue(tmp_path, capsys):
+    finished, empty = tmp_path / "finished", tmp_path / "empty"
+    finished.mkdir(), empty.mkdir()
+    (finished / "bench.md").write_text("| mode |\n")
+    for argv, message in [([], "--resume continues the bench in --out: give --out"),
+                          (["--out", str(empty)], f"nothing to resume in {empty} (no cells.jsonl)"),
+                          (["--out", str(finished)], f"{finished} holds a finished bench (bench.md): nothing to resume")]:
+        assert main(["bench", *TINY, "--resume", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_killed_bench_resumes_without_rerunning_its_finished_runs(ray_session, tmp_path, capsys):
+    argv = ["bench", "--modes", "backprop,dgl", "--reps", "1", "--steps", "4", "--link-latency-ms", "0",
+            "--target-accuracy", "0.3", "--tta-epochs", "1", "--tta-reps", "2", "--eval-every", "4", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    journal = (tmp_path / "whole" / "cells.jsonl").read_text().splitlines(keepends=True)
+    assert len(journal) == 1 + 2 + 4  # the config, 2 throughput runs, 2 x 2 time-to-target runs
+    killed = tmp_path / "killed"  # as a bench killed while writing its fourth run: three runs and half a line
+    killed.mkdir()
+    (killed / "cells.jsonl").write_text("".join(journal[:4]) + journal[4][:40])
+    assert main([*argv, "--steps", "5", "--out", str(killed), "--resume"]) == 2
+    assert f"--resume: the bench in {killed} ran with another steps: give the flags it ran with" in capsys.readouterr().err
+    assert main([*argv, "--out", str(killed), "--resume"]) == 0
+    resumed = (killed / "cells.jsonl").read_text().splitlines(keepends=True)
+    assert resumed[:4] == journal[:4] and len(resumed) == len(journal)  # the three not rerun, the other four run once
+    assert json.loads((killed / "provenance.json").read_text())["resumed_runs"] == 3
+    whole, again = (json.loads((d / "bench.json").read_text()) for d in (tmp_path / "whole", killed))
+    assert again[0]["samples_per_sec"] == whole[0]["samples_per_sec"]  # taken from the journal, not measured again
+    assert again[0]["time_to_accuracy_spread_by_latency"]["0"]["values"][0] == \
+        whole[0]["time_to_accuracy_spread_by_latency"]["0"]["values"][0]
+    assert (killed / "bench.md").is_file() and (killed / "timeline_backprop_K2.png").is_file()
+
+
 def test_bench_config_validates_every_mode_and_stage_count():
     base = TrainConfig(dataset="synthetic", arch="fc16*3", stages=2)
     bench = BenchConfig(base, modes=["single", "gpipe", "cdni", "dgl"], stages=[2, 3], sg_off_rows=True).validate()
