@@ -3,7 +3,8 @@
 # schedules, the project's locked schedules and the unlocked modes (dgl, delayed, cdni under the default corrected rule) at
 # K = 2 and 0 / 20 / 50 ms per message, every time-to-target cell three times, interleaved (--tta-reps 3: the table
 # gives the median and the range). Each part writes benchmarks/results/headline/MODEL/ (bench.md, bench.json,
-# provenance.json); commit each as it finishes. Run with nothing else on the machine. A part killed before its end
+# provenance.json), then headline_table.py writes headline/table.md from every finished part; commit each part as
+# it finishes. Run with nothing else on the machine. A part killed before its end
 # resumes from its journal (cells.jsonl, each finished run): run the same command again.
 # Usage: bash benchmarks/time-to-accuracy/headline.sh DATA_DIR [MODELS]   (MODELS: mlp gpt resnet; about 60, 75 and
 # 90 minutes on 2 cores)
@@ -25,3 +26,4 @@ for model in $MODELS; do
     *) echo "unknown model $model: mlp, gpt or resnet" >&2; exit 2 ;;
   esac
 done
+python benchmarks/time-to-accuracy/headline_table.py "$OUT"  # the README's table from every finished part
