@@ -47,4 +47,8 @@ def provenance_line(record: dict) -> str:
         " with uncommitted changes to " + ", ".join(record["changed_files"][:5]) if record["dirty"] else " (clean tree)")
     busy = record.get("host_cpu_busy")
     load = f"host CPUs {100 * busy:.0f}% busy over the run" if busy is not None else "host load unknown"
-    return f"Provenance: {commit}; {record['cpus']} CPUs, {load}, load average {record['load_average'][0]:g} at the start."
+    parts = record.get("parts", [])
+    resumed = "" if len(parts) < 2 else (f" Resumed: {record['resumed_runs']} runs from earlier parts, the first at "
+                                         f"commit {str(parts[0]['commit'])[:10]} (provenance.json lists each part).")
+    return (f"Provenance: {commit}; {record['cpus']} CPUs, {load}, load average {record['load_average'][0]:g} at the "
+            f"start.{resumed}")

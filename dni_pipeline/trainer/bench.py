@@ -224,11 +224,13 @@ def run_bench(bench: BenchConfig, data, folder: RunFolder, progress: bool = True
     networks = {k: network_for(k) for k in bench.stages}
     record = provenance()
     config = bench.resolved()
-    journal = BenchJournal(folder, config, resume)
+    journal = BenchJournal(folder, config, dict(record), resume)
     with CpuBusy() as host:
         throughput = _throughput_runs(bench, data, networks, progress, journal)
         tta = _time_to_accuracy_runs(bench, data, networks, journal) if bench.tta_epochs else {}
-    record.update(host_cpu_busy=host.share, resumed_runs=len(journal.done), config=config)
+    record.update(host_cpu_busy=host.share, config=config)
+    if resume:
+        record.update(resumed_runs=len(journal.done), parts=journal.parts)
     base_latency = bench.latencies[0]
     entries = []
     for k in bench.stages:

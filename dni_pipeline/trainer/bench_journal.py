@@ -2,10 +2,12 @@
 
 A headline bench is hours of runs and writes its tables only at the end; each run is appended here the moment it
 finishes, with what the tables and plots read of it, and `--resume` takes them back instead of running them again.
-The first line is the bench's resolved config: a resume under other settings is refused, not mixed in.
+The first line is the bench's resolved config and provenance: a resume under other settings is refused, not mixed
+in; one under another commit is logged, and each part's provenance kept (`parts` in provenance.json).
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from dni_pipeline.core.run_folder import RunFolder
 from .report import TrainResult
 
 __all__ = ["BenchJournal", "bench_folder"]
+
+log = logging.getLogger("dni_pipeline.trainer")
 
 JOURNAL = "cells.jsonl"
 FINISHED = "bench.md"  # written last: a folder holding it is a finished bench
@@ -67,17 +71,23 @@ def _differing(old, new, path: str = "") -> str | None:
 class BenchJournal:
     """Every finished run of one bench, by (phase, repetition, latency, K, row)."""
 
-    def __init__(self, folder: RunFolder, config: dict, resume: bool):
+    def __init__(self, folder: RunFolder, config: dict, provenance: dict, resume: bool):
+        """`provenance`: this part's record (commit, tree, host); `parts` lists every part's, the first first."""
         self.path: Path = folder.file(JOURNAL)
         self.done: dict[str, TrainResult] = {}
-        if resume:
-            records = _records(self.path)
-            _check_same(folder, records[0]["config"], config)
-            self.done = {r["key"]: TrainResult(r["summary"], steps=r["steps"], evals=r["evals"], events=r["events"])
-                         for r in records[1:]}
-            self._rewrite(records)  # without a cut last line, before appending after it
-        else:
-            self._rewrite([{"config": config}])
+        if not resume:
+            self.parts = [provenance]
+            self._rewrite([{"config": config, "parts": self.parts}])
+            return
+        header, *runs = _records(self.path)
+        _check_same(folder, header["config"], config)
+        self.parts = [*header["parts"], provenance]
+        if provenance.get("commit") != header["parts"][0].get("commit"):
+            log.warning("resuming a bench begun at commit %s under commit %s: its table mixes the two (provenance.json "
+                        "lists each part's)", header["parts"][0].get("commit"), provenance.get("commit"))
+        self.done = {r["key"]: TrainResult(r["summary"], steps=r["steps"], evals=r["evals"], events=r["events"])
+                     for r in runs}
+        self._rewrite([{**header, "parts": self.parts}, *runs])  # without a cut last line, before appending after it
 
     def _rewrite(self, records: list[dict]) -> None:
         with atomic_path(self.path) as tmp:

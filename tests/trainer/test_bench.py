@@ -117,13 +117,16 @@ def test_a_killed_bench_resumes_without_rerunning_its_finished_runs(ray_session,
     assert f"--resume: the bench in {killed} ran with another steps: give the flags it ran with" in capsys.readouterr().err
     assert main([*argv, "--out", str(killed), "--resume"]) == 0
     resumed = (killed / "cells.jsonl").read_text().splitlines(keepends=True)
-    assert resumed[:4] == journal[:4] and len(resumed) == len(journal)  # the three not rerun, the other four run once
-    assert json.loads((killed / "provenance.json").read_text())["resumed_runs"] == 3
+    assert resumed[1:4] == journal[1:4] and len(resumed) == len(journal)  # the three not rerun, the other four once
+    assert len(json.loads(resumed[0])["parts"]) == 2  # the header: the config and each part's provenance
+    record = json.loads((killed / "provenance.json").read_text())
+    assert record["resumed_runs"] == 3 and [len(p["commit"]) for p in record["parts"]] == [40, 40]
     whole, again = (json.loads((d / "bench.json").read_text()) for d in (tmp_path / "whole", killed))
     assert again[0]["samples_per_sec"] == whole[0]["samples_per_sec"]  # taken from the journal, not measured again
     assert again[0]["time_to_accuracy_spread_by_latency"]["0"]["values"][0] == \
         whole[0]["time_to_accuracy_spread_by_latency"]["0"]["values"][0]
-    assert (killed / "bench.md").is_file() and (killed / "timeline_backprop_K2.png").is_file()
+    assert "Resumed: 3 runs from earlier parts" in (killed / "bench.md").read_text()
+    assert (killed / "timeline_backprop_K2.png").is_file()
 
 
 def test_bench_config_validates_every_mode_and_stage_count():
