@@ -6,8 +6,9 @@
 # provenance.json), then headline_table.py writes headline/table.md from every finished part; commit each part as
 # it finishes. Run with nothing else on the machine. A part killed before its end
 # resumes from its journal (cells.jsonl, each finished run): run the same command again.
-# Usage: bash benchmarks/time-to-accuracy/headline.sh DATA_DIR [MODELS]   (MODELS: mlp gpt resnet; about 60, 75 and
-# 90 minutes on 2 cores)
+# Usage: bash benchmarks/time-to-accuracy/headline.sh DATA_DIR [MODELS]   (MODELS: mlp gpt resnet; about 1.5, 2.5 and
+# 2.5 hours on 2 cores, estimated from the one-run benches' training seconds times three, plus a third for
+# evaluations and actor starts: a part may span sessions, each resuming the last)
 set -euo pipefail
 DATA=${1:?usage: headline.sh DATA_DIR [MODELS]}
 MODELS=${2:-mlp gpt resnet}
